@@ -1,0 +1,1 @@
+"""Sub-commands of the ``moebius`` CLI, one module each."""

@@ -1,0 +1,214 @@
+"""The Moebius student: a three-level "LλMI" U-Net of depthwise residual blocks and lambda layers.
+
+Every layer is a DW residual block followed by an LλMI transformer block
+(Local-λ → Interactive-λ → MixFFN). Levels run at latent/1, /2, /4; there is
+no mid block. Skips follow the diffusers rule: the stack holds ``conv_in``'s
+output, every down layer's output and every downsampler's output; each up
+layer pops one and concatenates it after its input.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moebius.models.outputs import ModelOutput
+from moebius.nn import Downsample, DWConv, DWResBlock, TimestepEmbedding, Transformer2D, Upsample
+from moebius.nn.lambda_block import LambdaBlock
+
+AUTHORS_MODEL_TYPE = "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x8"
+
+
+@dataclass
+class MoebiusConfig:
+    """Everything that shapes the student. ``sample_size`` is the latent side the
+    Interactive-λ position tables were trained for (image side / 8)."""
+
+    model_type: str = "moebius"
+    in_channels: int = 9
+    out_channels: int = 4
+    block_out_channels: tuple[int, ...] = (320, 640, 1280)
+    layers_per_block: int = 2
+    heads: int = 8
+    cross_attention_dim: int = 768
+    encoder_hid_dim: int = 3072
+    num_categories: int = 20
+    context_tokens: int = 10
+    mix_mlp_ratio: float = 2.5
+    sample_size: int = 64
+    norm_num_groups: int = 32
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    local_receptive_field: int = 15
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(self.block_out_channels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_authors_yaml(cls, document: dict) -> "MoebiusConfig":
+        """Read the authors' YAML (``data``/``vae``/``model`` sections, diffusers naming).
+
+        ``attention_head_dim`` there is the number of heads (a diffusers quirk), and
+        ``mix_mlp_ratio`` is ignored because the authors' code always uses 2.5.
+        """
+        model = document["model"]
+        latent = document["data"]["image_size"] // document.get("vae", {}).get(
+            "downsample_ratio", 8
+        )
+        return cls(
+            in_channels=model.get("in_channels", 9),
+            out_channels=model.get("out_channels", 4),
+            block_out_channels=tuple(model["block_out_channels"]),
+            heads=model.get("attention_head_dim", 8),
+            cross_attention_dim=model["cross_attention_dim"],
+            encoder_hid_dim=model["encoder_hid_dim"],
+            sample_size=latent,
+            conv_in_kernel=model.get("conv_in_kernel", 3),
+            conv_out_kernel=model.get("conv_out_kernel", 3),
+        )
+
+
+def _lambda_transformer(cfg: MoebiusConfig, channels: int, level: int) -> Transformer2D:
+    side = cfg.sample_size // 2**level
+    block = LambdaBlock(
+        channels,
+        cfg.cross_attention_dim,
+        cfg.context_tokens,
+        side * side,
+        cfg.heads,
+        cfg.mix_mlp_ratio,
+        cfg.local_receptive_field,
+    )
+    return Transformer2D(channels, [block], cfg.norm_num_groups)
+
+
+class DownLevel(nn.Module):
+    def __init__(
+        self,
+        cfg: MoebiusConfig,
+        in_channels: int,
+        out_channels: int,
+        level: int,
+        temb_channels: int,
+        downsample: bool,
+    ):
+        super().__init__()
+        widths = [in_channels] + [out_channels] * (cfg.layers_per_block - 1)
+        self.resnets = nn.ModuleList(
+            DWResBlock(w, out_channels, temb_channels, cfg.norm_num_groups) for w in widths
+        )
+        self.attentions = nn.ModuleList(
+            _lambda_transformer(cfg, out_channels, level) for _ in widths
+        )
+        self.downsamplers = nn.ModuleList([Downsample(out_channels)] if downsample else [])
+
+    def forward(
+        self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for resnet, attention in zip(self.resnets, self.attentions, strict=True):
+            h = attention(resnet(h, temb), context)
+            skips.append(h)
+        for downsampler in self.downsamplers:
+            h = downsampler(h)
+            skips.append(h)
+        return h, skips
+
+
+class UpLevel(nn.Module):
+    def __init__(
+        self,
+        cfg: MoebiusConfig,
+        prev_channels: int,
+        out_channels: int,
+        deepest_skip_channels: int,
+        level: int,
+        temb_channels: int,
+        upsample: bool,
+    ):
+        super().__init__()
+        layers = cfg.layers_per_block + 1
+        skip_widths = [out_channels] * (layers - 1) + [deepest_skip_channels]
+        in_widths = [prev_channels] + [out_channels] * (layers - 1)
+        self.resnets = nn.ModuleList(
+            DWResBlock(i + s, out_channels, temb_channels, cfg.norm_num_groups)
+            for i, s in zip(in_widths, skip_widths, strict=True)
+        )
+        self.attentions = nn.ModuleList(
+            _lambda_transformer(cfg, out_channels, level) for _ in range(layers)
+        )
+        self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])
+
+    def forward(
+        self, h: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """Consumes this level's entries from the end of the shared ``skips`` stack."""
+        for resnet, attention in zip(self.resnets, self.attentions, strict=True):
+            h = attention(resnet(torch.cat([h, skips.pop()], dim=1), temb), context)
+        for upsampler in self.upsamplers:
+            h = upsampler(h, size=skips[-1].shape[2:] if skips else None)
+        return h
+
+
+class MoebiusUNet(nn.Module):
+    """ε-prediction U-Net. ``forward(x, timesteps, context)`` with context the raw
+    (B, tokens, encoder_hid_dim) LCG embeddings; ``encoder_hid_proj`` maps them to
+    the cross-attention width."""
+
+    def __init__(self, config: MoebiusConfig):
+        super().__init__()
+        self.config = cfg = config
+        widths = cfg.block_out_channels
+        temb_channels = 4 * widths[0]
+        self.conv_in = DWConv(cfg.in_channels, widths[0], cfg.conv_in_kernel, residual=False)
+        self.time_embedding = TimestepEmbedding(widths[0], temb_channels)
+        self.encoder_hid_proj = nn.Linear(cfg.encoder_hid_dim, cfg.cross_attention_dim)
+
+        last = len(widths) - 1
+        self.down_blocks = nn.ModuleList(
+            DownLevel(cfg, widths[max(i - 1, 0)], widths[i], i, temb_channels, i < last)
+            for i in range(len(widths))
+        )
+        self.up_blocks = nn.ModuleList()
+        for j in range(len(widths)):
+            level = last - j
+            prev = widths[min(level + 1, last)]
+            self.up_blocks.append(
+                UpLevel(
+                    cfg,
+                    prev,
+                    widths[level],
+                    widths[max(level - 1, 0)],
+                    level,
+                    temb_channels,
+                    level > 0,
+                )
+            )
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=1e-5)
+        self.conv_out = DWConv(widths[0], cfg.out_channels, cfg.conv_out_kernel, residual=False)
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+    ) -> ModelOutput:
+        temb = self.time_embedding(timesteps, x.dtype)
+        context = self.encoder_hid_proj(context)
+
+        h = self.conv_in(x)
+        skips = [h]
+        block_outputs = []
+        for down in self.down_blocks:
+            h, level_skips = down(h, temb, context)
+            skips.extend(level_skips)
+            block_outputs.append(h)
+        for up in self.up_blocks:
+            h = up(h, skips, temb, context)
+            block_outputs.append(h)
+
+        sample = self.conv_out(F.silu(self.conv_norm_out(h)))
+        return ModelOutput(sample=sample, block_outputs=block_outputs)

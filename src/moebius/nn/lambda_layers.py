@@ -1,0 +1,141 @@
+"""Lambda layers (Bello, "LambdaNetworks", ICLR 2021) as used by Moebius.
+
+A lambda layer summarises a context into small linear functions ("lambdas")
+and applies them to every query:
+
+    y_n = q_n · (λ_content + λ_position(n))
+
+with λ_content = softmax_over_context(K) · Vᵀ, a k×v matrix shared by all positions.
+Queries have ``heads`` heads of depth k; keys and values are shared by all heads
+(multi-query, intra-depth u = 1). Cost is linear in the number of positions.
+
+Layouts: maps are (B, C, H, W); positions are flattened row-major (n = y·W + x);
+query channel h·k + i is head h, key index i; outputs are concatenated as (head, v).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moebius.nn.fusion import fold_batchnorm
+
+
+def _heads(q: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, heads·k, H, W) → (B, heads, k, H·W)."""
+    b, c, h, w = q.shape
+    return q.reshape(b, heads, c // heads, h * w)
+
+
+def _merge_heads(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, heads, v, H·W) → (B, heads·v, H, W)."""
+    b, heads, v, _ = y.shape
+    return y.reshape(b, heads * v, height, width)
+
+
+class LocalLambda(nn.Module):
+    """Self-lambda over the image with local positional lambdas from a r×r kernel bank.
+
+    λ_position(n) for every position comes from convolving each value channel
+    map with k learned r×r kernels, E_i ∗ V_j (stored as a Conv3d with kernel
+    (1, r, r) so the checkpoint keys match the authors').
+    """
+
+    def __init__(self, channels: int, heads: int = 8, receptive_field: int = 15):
+        super().__init__()
+        self.heads = heads
+        self.dim_k = self.dim_v = channels // heads
+        self.to_q = nn.Conv2d(channels, self.dim_k * heads, 1, bias=False)
+        self.to_k = nn.Conv2d(channels, self.dim_k, 1, bias=False)
+        self.to_v = nn.Conv2d(channels, self.dim_v, 1, bias=False)
+        self.norm_q = nn.BatchNorm2d(self.dim_k * heads)
+        self.norm_v = nn.BatchNorm2d(self.dim_v)
+        r = receptive_field
+        self.pos_conv = nn.Conv3d(1, self.dim_k, (1, r, r), padding=(0, r // 2, r // 2))
+
+    def positional_lambdas(self, v: torch.Tensor) -> torch.Tensor:
+        """(B, v, H, W) values → (B, v, k, H·W): E_i ∗ V_j for every key index i."""
+        b, dim_v, h, w = v.shape
+        kernel = self.pos_conv.weight.squeeze(2)  # (k, 1, r, r)
+        padding = self.pos_conv.padding[1:]
+        lam = F.conv2d(v.reshape(b * dim_v, 1, h, w), kernel, self.pos_conv.bias, padding=padding)
+        return lam.reshape(b, dim_v, self.dim_k, h * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q = _heads(self.norm_q(self.to_q(x)), self.heads)  # (B, heads, k, n)
+        k = self.to_k(x).reshape(b, self.dim_k, h * w).softmax(dim=-1)  # (B, k, n)
+        v = self.norm_v(self.to_v(x))  # (B, v, H, W)
+
+        content_lambda = torch.einsum("bkn,bvn->bkv", k, v.reshape(b, self.dim_v, h * w))
+        position_lambdas = self.positional_lambdas(v)  # (B, v, k, n)
+
+        y_content = torch.einsum("bhkn,bkv->bhvn", q, content_lambda)
+        y_position = torch.einsum("bhkn,bvkn->bhvn", q, position_lambdas)
+        return _merge_heads(y_content + y_position, h, w)
+
+    def fuse_batchnorm(self) -> None:
+        self.norm_q = fold_batchnorm(self.to_q, self.norm_q)
+        self.norm_v = fold_batchnorm(self.to_v, self.norm_v)
+
+
+def resample_position_table(table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a (H0·W0, m, k, u) per-position table, laid out on a square H0×W0 grid, to H×W.
+
+    The table is treated as an image with m·k·u channels and resized with bicubic
+    interpolation (``align_corners=False``, antialiased when shrinking), the usual
+    way to carry learned position embeddings to another resolution. When the size
+    already matches, the table itself is returned, so native-size results are
+    exactly the plain computation.
+    """
+    rows, *rest = table.shape
+    side = int(round(rows**0.5))
+    if side * side != rows:
+        raise ValueError(f"position table with {rows} rows is not a square grid")
+    if (side, side) == tuple(size):
+        return table
+    grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    shrinking = size[0] < side or size[1] < side
+    resized = F.interpolate(
+        grid.float(), size=size, mode="bicubic", align_corners=False, antialias=shrinking
+    ).to(table.dtype)
+    return resized.permute(0, 2, 3, 1).reshape(size[0] * size[1], *rest)
+
+
+class InteractiveLambda(nn.Module):
+    """Cross-lambda from the image queries to the m LCG context tokens.
+
+    λ_position(n)[i, j] = Σ_m E[n, m, i] · V[j, m] uses a learned table E with
+    one row per latent position of the training resolution; other resolutions
+    use E resampled over its H×W grid (see :func:`resample_position_table`).
+    """
+
+    def __init__(
+        self, channels: int, context_dim: int, context_tokens: int, positions: int, heads: int = 8
+    ):
+        super().__init__()
+        self.heads = heads
+        self.dim_k = self.dim_v = channels // heads
+        self.rel_pos_emb = nn.Parameter(torch.randn(positions, context_tokens, self.dim_k, 1))
+        self.to_q = nn.Conv2d(channels, self.dim_k * heads, 1, bias=False)
+        self.to_k = nn.Linear(context_dim, self.dim_k, bias=False)
+        self.to_v = nn.Linear(context_dim, self.dim_v, bias=False)
+        self.norm_q = nn.BatchNorm2d(self.dim_k * heads)
+        self.norm_v = nn.BatchNorm1d(self.dim_v)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        q = _heads(self.norm_q(self.to_q(x)), self.heads)  # (B, heads, k, n)
+        k = self.to_k(context).transpose(1, 2).softmax(dim=-1)  # (B, k, m)
+        v = self.norm_v(self.to_v(context).transpose(1, 2))  # (B, v, m)
+
+        content_lambda = torch.einsum("bkm,bvm->bkv", k, v)
+        table = resample_position_table(self.rel_pos_emb, (h, w)).squeeze(-1)  # (n, m, k)
+        position_lambdas = torch.einsum("nmk,bvm->bnkv", table, v)
+
+        y_content = torch.einsum("bhkn,bkv->bhvn", q, content_lambda)
+        y_position = torch.einsum("bhkn,bnkv->bhvn", q, position_lambdas)
+        return _merge_heads(y_content + y_position, h, w)
+
+    def fuse_batchnorm(self) -> None:
+        self.norm_q = fold_batchnorm(self.to_q, self.norm_q)
+        self.norm_v = fold_batchnorm(self.to_v, self.norm_v)

@@ -1,0 +1,32 @@
+"""MixFFN (GLU-MBConv): a gated inverted bottleneck with a depthwise 3×3 in the middle."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _Conv(nn.Module):
+    """A conv wrapped one level deep, matching the checkpoint keys ``<name>.conv.*``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class MixFFN(nn.Module):
+    """x → 1×1 (C→2h) → SiLU → depthwise 3×3 → split (value, gate) → value·SiLU(gate) → 1×1 (h→C)."""
+
+    def __init__(self, channels: int, ratio: float = 2.5):
+        super().__init__()
+        hidden = int(ratio * channels)
+        self.inverted_conv = _Conv(channels, 2 * hidden, 1)
+        self.depth_conv = _Conv(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
+        self.point_conv = _Conv(hidden, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.depth_conv(F.silu(self.inverted_conv(x)))
+        value, gate = h.chunk(2, dim=1)
+        return self.point_conv(value * F.silu(gate))
