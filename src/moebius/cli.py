@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except MoebiusError as exc:
-        print(f"moebius {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())
+        print(f"moebius {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"moebius {args.command}: interrupted", file=sys.stderr)

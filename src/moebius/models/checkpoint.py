@@ -28,12 +28,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated files raise many different types
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_short_reason(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return state
+
+
+def _short_reason(exc: Exception) -> str:
+    """One line; torch's weights-only refusal buries the actual reason mid-paragraph."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().splitlines()[0]
+        return f"not a torch state-dict file ({detail})"
+    return f"{type(exc).__name__}: {' '.join(text.split())[:300]}"
 
 
 def _listing(keys: list[str], limit: int = 5) -> str:

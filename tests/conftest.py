@@ -1,0 +1,28 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_fixture() -> dict[str, torch.Tensor]:
+    """The authors' tiny student fixture: weights under checkpoint keys plus __input__/__output__."""
+    return load_file(str(FIXTURES / "moebius_tiny_a.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def tiny_state_dict(tiny_fixture) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tiny_fixture.items() if not k.startswith("__")}
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path() -> Path:
+    return FIXTURES / "moebius_tiny_a.yaml"
