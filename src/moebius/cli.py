@@ -9,7 +9,12 @@ import sys
 from moebius.errors import MoebiusError
 
 COMMANDS = [
+    "moebius.commands.bench",
+    "moebius.commands.eval",
     "moebius.commands.convert",
+    "moebius.commands.inpaint",
+    "moebius.commands.distill",
+    "moebius.commands.cache_latents",
 ]
 
 

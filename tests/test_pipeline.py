@@ -1,0 +1,440 @@
+"""MoebiusInpaintPipeline against an independent, plainly written copy of the authors' inference
+(DESIGN §2–3), plus real-photo strategies and loading from every supported layout."""
+
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler
+from PIL import Image, ImageFilter
+from safetensors.torch import load_file
+from skimage import data
+
+import moebius
+from moebius.errors import CheckpointError, InputError
+from moebius.pipeline import MoebiusInpaintPipeline, crop_box
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_YAML = FIXTURES / "moebius_tiny_a.yaml"
+CONFIG_DIR = Path(moebius.__file__).parent / "configs"
+
+
+def tiny_model() -> moebius.LCGModel:
+    model = moebius.build_model(str(TINY_YAML))
+    state = load_file(str(FIXTURES / "moebius_tiny_a.safetensors"))
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__")})
+    return model.eval()
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=64,
+        scaling_factor=0.13025,
+    ).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models are dominated by thread start-up; one thread is faster on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> MoebiusInpaintPipeline:
+    p = MoebiusInpaintPipeline(tiny_model(), tiny_vae())
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def photo(width: int, height: int, which=data.astronaut) -> Image.Image:
+    return Image.fromarray(which()).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def box_mask(width: int, height: int, box: tuple[int, int, int, int]) -> Image.Image:
+    mask = np.zeros((height, width), np.uint8)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = 255
+    return Image.fromarray(mask)
+
+
+# ---------------------------------------------------------------------------- the reference loop
+def reference_inpaint(
+    model,
+    vae,
+    image: Image.Image,
+    mask: Image.Image,
+    steps: int,
+    guidance: float,
+    strength: float,
+    noise_offset: float,
+    dilation: int = 0,
+    uncond_ids=tuple(range(10, 20)),
+    cond_ids=tuple(range(0, 10)),
+    size: int = 64,
+):
+    """The authors' algorithm written out once, straight from DESIGN §2–3."""
+    torch.manual_seed(0)
+    mask = mask.point(lambda v: 0 if v < 128 else 255, "L")
+    w, h = image.size
+    if w < h:
+        wt, ht = size, int(h * size / w)
+    else:
+        wt, ht = int(w * size / h), size
+    wt, ht = wt // 64 * 64, ht // 64 * 64
+    small_image = image.resize((wt, ht), Image.Resampling.LANCZOS)
+    small_mask = np.asarray(mask.resize((wt, ht), Image.Resampling.LANCZOS))
+    if dilation:
+        small_mask = cv2.dilate(small_mask, np.ones((dilation, dilation), np.uint8), iterations=1)
+
+    x = torch.tensor(np.asarray(small_image) / 255.0 * 2 - 1).permute(2, 0, 1)[None].float()
+    m = torch.tensor(small_mask / 255.0)[None, None].float()
+    m = torch.where(m >= 0.5, 1, 0)
+    masked = x * (1 - m)
+
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+    )
+    scheduler.set_timesteps(steps)
+    first = steps - min(int(steps * strength), steps)
+    timesteps = scheduler.timesteps[first:]
+
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.sample() * 0.13025
+        masked_latents = vae.encode(masked).latent_dist.sample() * 0.13025
+        small_m = F.interpolate(m.to(torch.uint8), size=(ht // 8, wt // 8)).float()
+        noise = torch.randn_like(latents)
+        noise += noise_offset * torch.randn((1, 4, 1, 1))
+        z = scheduler.add_noise(latents, noise, timesteps[:1]) if strength < 1 else noise
+
+        ids = torch.tensor([uncond_ids, cond_ids])
+        history = []
+        for t in timesteps:
+            inp = torch.cat(
+                [torch.cat([z] * 2), torch.cat([small_m] * 2), torch.cat([masked_latents] * 2)], 1
+            )
+            eps = model(inp, t[None], ids).sample
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+            z = scheduler.step(eps, t, z).prev_sample
+            history.append(z.clone())
+        decoded = (vae.decode(z / 0.13025).sample + 1) / 2
+
+    array = (torch.clamp(decoded[0].permute(1, 2, 0), 0, 1) * 255).numpy().astype(np.uint8)
+    result = Image.fromarray(array).resize((w, h), Image.Resampling.LANCZOS)
+    blur = np.asarray(mask.convert("RGB").filter(ImageFilter.GaussianBlur(radius=3))) / 255.0
+    ours, theirs = np.asarray(result) / 255.0, np.asarray(image) / 255.0
+    final = np.uint8((ours * blur + (1 - blur) * theirs) * 255)
+    return history, final
+
+
+def run_pipeline(pipe, image, mask, **kwargs):
+    history = []
+
+    def record(_pipe, _i, _t, tensors):
+        history.append(tensors["latents"].clone())
+
+    out = pipe(image, mask, callback_on_step_end=record, strategy="resize", **kwargs)
+    return history, np.asarray(out.images[0])
+
+
+@pytest.mark.parametrize(
+    "width, height, latent, steps, strength, guidance, dilation",
+    [
+        (64, 64, (8, 8), 6, 0.99, 2.5, 0),  # native size, the authors' defaults (pure noise start)
+        (64, 140, (16, 8), 5, 0.6, 2.0, 3),  # portrait, noised start from the image, dilation
+    ],
+)
+def test_pipeline_matches_reference_loop(
+    pipe, width, height, latent, steps, strength, guidance, dilation
+):
+    image = photo(width, height)
+    mask = box_mask(width, height, (10, 12, 40, 50))
+    ref_hist, ref_image = reference_inpaint(
+        pipe.model, pipe.vae, image, mask, steps, guidance, strength, 0.0357, dilation
+    )
+    hist, out = run_pipeline(
+        pipe,
+        image,
+        mask,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        strength=strength,
+        mask_dilation=dilation,
+        generator=0,
+    )
+    assert len(hist) == len(ref_hist) == min(int(steps * strength), steps)
+    for ours, theirs in zip(hist, ref_hist, strict=True):
+        assert ours.shape == theirs.shape == (1, 4, *latent)
+        assert (ours - theirs).abs().max().item() <= 1e-5
+    np.testing.assert_array_equal(out, ref_image)
+
+    # the global RNG seeded by the caller (the authors' convention) gives the same draws
+    torch.manual_seed(0)
+    _, out_global = run_pipeline(
+        pipe,
+        image,
+        mask,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        strength=strength,
+        mask_dilation=dilation,
+    )
+    np.testing.assert_array_equal(out_global, ref_image)
+
+
+def test_foreground_category_swaps_guidance_direction(pipe):
+    image, mask = photo(64, 64, data.coffee), box_mask(64, 64, (20, 20, 44, 44))
+    ref_hist, ref_image = reference_inpaint(
+        pipe.model,
+        pipe.vae,
+        image,
+        mask,
+        4,
+        3.0,
+        0.99,
+        0.0357,
+        uncond_ids=tuple(range(0, 10)),
+        cond_ids=tuple(range(10, 20)),
+    )
+    hist, out = run_pipeline(
+        pipe,
+        image,
+        mask,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        category="foreground",
+        generator=0,
+    )
+    assert max((a - b).abs().max().item() for a, b in zip(hist, ref_hist, strict=True)) <= 1e-5
+    np.testing.assert_array_equal(out, ref_image)
+    _, background = run_pipeline(
+        pipe, image, mask, num_inference_steps=4, guidance_scale=3.0, generator=0
+    )
+    assert not np.array_equal(out, background)
+
+
+def test_cfg_is_one_2b_batch_per_step(pipe):
+    seen = []
+    handle = pipe.model.register_forward_hook(
+        lambda _m, args, _o: seen.append(tuple(args[0].shape))
+    )
+    try:
+        images = [photo(64, 64), photo(64, 64, data.coffee)]
+        masks = [box_mask(64, 64, (5, 5, 30, 30)), box_mask(64, 64, (30, 20, 60, 50))]
+        pipe(images, masks, num_inference_steps=5, generator=0)
+        assert (
+            seen == [(4, 9, 8, 8)] * 4
+        )  # 5 steps × 0.99 strength → 4 steps, 2 images × 2 branches
+        seen.clear()
+        pipe(images[0], masks[0], num_inference_steps=5, guidance_scale=1.0, generator=0)
+        assert seen == [(1, 9, 8, 8)] * 4  # no guidance: one branch only
+    finally:
+        handle.remove()
+
+
+def unchanged_outside_blur(inp: np.ndarray, out: np.ndarray, mask: Image.Image) -> bool:
+    blur = np.asarray(mask.filter(ImageFilter.GaussianBlur(3)))
+    far = blur == 0
+    return bool(far.any()) and np.array_equal(inp[far], out[far])
+
+
+@pytest.mark.parametrize("strategy", ["resize", "original", "crop"])
+def test_strategies_keep_size_and_pixels_outside_the_mask(pipe, strategy):
+    image = photo(150, 97, data.coffee)  # odd size, not a multiple of anything
+    mask = box_mask(150, 97, (60, 30, 90, 60))
+    out = pipe(image, mask, num_inference_steps=3, strategy=strategy, generator=1).images[0]
+    assert out.size == image.size and out.mode == "RGB"
+    assert unchanged_outside_blur(np.asarray(image), np.asarray(out), mask)
+    inside = (np.asarray(mask) > 0)[..., None].repeat(3, axis=2)
+    assert not np.array_equal(np.asarray(out)[inside], np.asarray(image)[inside])
+
+
+def test_crop_only_changes_the_box(pipe):
+    image = photo(400, 260)
+    mask = box_mask(400, 260, (300, 40, 330, 70))
+    box = crop_box(np.asarray(mask) > 0, 64, 16)
+    assert box == (283, 23, 347, 87)  # hole 30 px + 2×16 padding < 64 → a 64 px square around it
+    out = np.asarray(
+        pipe(
+            image,
+            mask,
+            num_inference_steps=3,
+            strategy="crop",
+            crop_padding=16,
+            paste_back=False,
+            generator=0,
+        ).images[0]
+    )
+    changed = np.argwhere((out != np.asarray(image)).any(axis=2))
+    assert changed.size
+    assert changed[:, 1].min() >= box[0] and changed[:, 1].max() < box[2]
+    assert changed[:, 0].min() >= box[1] and changed[:, 0].max() < box[3]
+
+
+def test_auto_strategy_crops_large_photos(pipe):
+    image = photo(200, 150)  # short side 150 > 1.5 × 64
+    mask = box_mask(200, 150, (20, 20, 40, 40))
+    auto = pipe(image, mask, num_inference_steps=2, generator=0).images[0]
+    crop = pipe(image, mask, num_inference_steps=2, strategy="crop", generator=0).images[0]
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(crop))
+
+
+def test_empty_mask_returns_input_with_warning(pipe):
+    image = photo(64, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = pipe(image, Image.new("L", (64, 64), 100), num_inference_steps=2).images[0]
+    assert any("mask is empty" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(image))
+
+
+def test_mask_size_mismatch(pipe):
+    image = photo(64, 64)
+    with pytest.raises(InputError, match="differs from image size"):
+        pipe(image, box_mask(32, 32, (4, 4, 20, 20)), num_inference_steps=2)
+    out = pipe(image, box_mask(32, 32, (4, 4, 20, 20)), num_inference_steps=2, resize_mask=True)
+    assert out.images[0].size == (64, 64)
+
+
+def test_dpm_solver_option(pipe):
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    dpm = MoebiusInpaintPipeline(pipe.model, pipe.vae, moebius.pipeline.make_scheduler("dpm++"))
+    dpm.set_progress_bar_config(disable=True)
+    a = np.asarray(dpm(image, mask, num_inference_steps=4, generator=0, output_type="np").images[0])
+    b = np.asarray(
+        pipe(image, mask, num_inference_steps=4, generator=0, output_type="np").images[0]
+    )
+    assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "pipeline.json").read_text())["vae"] == "vae"
+    loaded = MoebiusInpaintPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    a = pipe(image, mask, num_inference_steps=3, generator=0, output_type="np").images[0]
+    b = loaded(image, mask, num_inference_steps=3, generator=0, output_type="np").images[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def write_authors_layout(root: Path, model, vae, variant: str = "ft_places2") -> None:
+    """``<root>/Moebius/<variant>/diffusion_pytorch_model.bin`` + ``<root>/vae/`` as the authors ship."""
+    (root / "Moebius" / variant).mkdir(parents=True)
+    torch.save(model.state_dict(), root / "Moebius" / variant / "diffusion_pytorch_model.bin")
+    (root / "vae").mkdir()
+    (root / "vae" / "config.json").write_text(json.dumps(dict(vae.config)))
+    torch.save(vae.state_dict(), root / "vae" / "diffusion_pytorch_model.bin")
+
+
+def test_authors_layout_with_tiny_model(pipe, tmp_path):
+    write_authors_layout(tmp_path, pipe.model, pipe.vae, "ft_ffhq")
+    loaded = MoebiusInpaintPipeline.from_pretrained(
+        tmp_path, variant="ft_ffhq", model_config=str(TINY_YAML)
+    )
+    loaded.set_progress_bar_config(disable=True)
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    a = pipe(image, mask, num_inference_steps=2, generator=0, output_type="np").images[0]
+    b = loaded(image, mask, num_inference_steps=2, generator=0, output_type="np").images[0]
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(CheckpointError, match="Moebius/ft_places2/diffusion_pytorch_model.bin"):
+        MoebiusInpaintPipeline.from_pretrained(tmp_path, variant="ft_places2")
+
+
+def test_hub_offline_gives_download_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as info:
+        MoebiusInpaintPipeline.from_pretrained("hustvl/Moebius", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "hustvl/Moebius/ft_places2/diffusion_pytorch_model.bin" in message
+    assert "hf download hustvl/PixelHacker vae/config.json" in message
+
+
+def test_full_size_student_from_authors_layout(tmp_path):
+    """moebius-0.2b (random weights) + a random VAE of the real SDXL config, saved in the
+    authors' layout, one CFG step at 512×512."""
+    torch.manual_seed(0)
+    model = moebius.build_model("moebius-0.2b")
+    vae = AutoencoderKL.from_config(json.loads((CONFIG_DIR / "sdxl_vae_config.json").read_text()))
+    write_authors_layout(tmp_path, model, vae)
+    del model, vae
+    pipe = MoebiusInpaintPipeline.from_pretrained(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    assert sum(p.numel() for p in pipe.model.parameters()) == 226_041_531
+    assert pipe.image_size == 512
+
+    image = Image.fromarray(data.astronaut())
+    mask = box_mask(512, 512, (200, 150, 330, 300))
+    latents = []
+    out = pipe(
+        image,
+        mask,
+        num_inference_steps=1,
+        strength=1.0,
+        generator=0,
+        callback_on_step_end=lambda _p, _i, _t, d: latents.append(d["latents"]),
+    ).images[0]
+    assert [tuple(x.shape) for x in latents] == [(1, 4, 64, 64)]
+    assert out.size == (512, 512)
+    assert unchanged_outside_blur(np.asarray(image), np.asarray(out), mask)
+
+
+def test_teacher_architecture_runs_through_the_same_pipeline():
+    """Nothing in the pipeline is student-specific: a tiny PixelHacker (4 levels → 64 px multiple)."""
+    teacher = moebius.build_model(
+        {
+            "model_type": "pixelhacker",
+            "block_out_channels": [32, 32, 64, 64],
+            "cross_attention_dim": 32,
+            "encoder_hid_dim": 48,
+            "sample_size": 8,
+            "norm_num_groups": 8,
+            "heads": 2,
+        }
+    )
+    pipe = MoebiusInpaintPipeline(teacher, tiny_vae())
+    pipe.set_progress_bar_config(disable=True)
+    assert (pipe.image_size, pipe.pixel_multiple) == (64, 64)
+    image, mask = photo(150, 97), box_mask(150, 97, (60, 30, 90, 60))
+    for strategy in ("resize", "original"):
+        out = pipe(image, mask, num_inference_steps=2, strategy=strategy, generator=0).images[0]
+        assert out.size == image.size
+        assert unchanged_outside_blur(np.asarray(image), np.asarray(out), mask)
+
+
+def test_vae_tiling_for_large_inputs():
+    pipe = MoebiusInpaintPipeline(tiny_model(), tiny_vae())
+    pipe.set_progress_bar_config(disable=True)
+    image, mask = photo(200, 136, data.coffee), box_mask(200, 136, (80, 40, 140, 100))
+    plain = pipe(image, mask, num_inference_steps=2, strategy="original", generator=0).images[0]
+    pipe.enable_vae_tiling(tile_size=64)  # tiles of 64 px: this input is cut into several
+    tiled = pipe(image, mask, num_inference_steps=2, strategy="original", generator=0).images[0]
+    assert tiled.size == image.size
+    assert unchanged_outside_blur(np.asarray(image), np.asarray(tiled), mask)
+    assert not np.array_equal(np.asarray(plain), np.asarray(tiled))
+    small = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    a = pipe(*small, num_inference_steps=2, generator=0).images[0]  # at the tile size: untiled
+    b = MoebiusInpaintPipeline(pipe.model, tiny_vae())
+    b.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(
+        np.asarray(a), np.asarray(b(*small, num_inference_steps=2, generator=0).images[0])
+    )
