@@ -1,0 +1,410 @@
+"""``evaluate``: inpaint a protocol's images (resumable, batched), then score them.
+
+Layout of ``out_dir``::
+
+    predictions/<stem>.png   the model's outputs (skipped when present: reruns resume)
+    masks/<stem>.png         the masks used, white = hole (feed them to other tools)
+    run.json                 the settings the saved files were made with (checked on resume)
+    inputs/<stem>.png        the masked inputs at protocol size, hole shown grey
+    per_image.jsonl          PSNR / SSIM / LPIPS per image
+    metrics.json             everything, including settings, seeds, intervals and warnings
+    results.md               a markdown table: the paper's row and this run's
+    contact_sheet.png        input / mask / ours / ground truth for the first images
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from moebius.errors import InputError
+from moebius.eval.data import IMAGE_EXTENSIONS, MaskSet, list_images, prepare_image
+from moebius.eval.protocols import ALL_METRICS, Protocol, get_protocol
+from moebius.eval.report import json_safe, write_contact_sheet, write_json, write_markdown
+from moebius.models.checkpoint import atomic_write
+
+# below this many images FID is noticeably biased upwards (Chong & Forsyth 2020; Heusel et al.)
+FID_MIN_IMAGES = 2_000
+CONTACT_ROWS = 8
+
+
+@dataclass
+class EvalConfig:
+    protocol: str
+    images: str
+    out_dir: str
+    masks: str | None = None
+    masks_white: str | None = None  # "keep" | "hole"; default from the protocol
+    predictions: str | None = None  # score these instead of running a model
+    model_name: str = "model"
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 4
+    steps: int = 20
+    guidance_scale: float = 2.5
+    strength: float = 0.99
+    category: str = "background"
+    hole_fill: str = "original"  # what the model sees inside the hole: "original" or "gray"
+    lpips_net: str = "alex"
+    metrics: tuple[str, ...] = ALL_METRICS
+    weights_dir: str | None = None
+    download: bool | None = None
+    random_weights: bool = False  # untrained extractors: tests only, marked in every output
+    bootstrap: int = 100
+    inception_size: int = 299  # FID's definition; smaller values only for smoke tests
+    device: str = "cpu"
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    from moebius.image_io import load_image
+
+    return np.asarray(load_image(path))
+
+
+def _signed_unit(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) images → float (B, 3, H, W) in [-1, 1], LPIPS' input range."""
+    batch = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2)
+    return batch.float() / 127.5 - 1
+
+
+def _masked_input(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask[..., None] > 0, np.uint8(127), image)
+
+
+def run_inference(
+    pipeline, cfg: EvalConfig, images: list[Path], masks: MaskSet, resolution: int
+) -> int:
+    """Write ``predictions/<stem>.png`` for every image; returns how many were newly made.
+
+    Batches are fixed chunks of the image list and chunk k is seeded with ``seed + k·batch``, so
+    a resumed run (which redoes any incomplete chunk whole) writes exactly what an uninterrupted
+    run would, for the same batch size.
+    """
+    out = Path(cfg.out_dir)
+    device = pipeline.device
+    made = 0
+    size = cfg.batch_size
+    chunks = [range(i, min(i + size, len(images))) for i in range(0, len(images), size)]
+
+    def done(chunk: range) -> bool:
+        return all((out / "predictions" / f"{images[i].stem}.png").is_file() for i in chunk)
+
+    todo = [chunk for chunk in chunks if not done(chunk)]
+    if len(todo) < len(chunks):
+        print(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} batches already done")
+    pipeline.set_progress_bar_config(disable=True)
+    for chunk in tqdm(todo, desc="inpainting", unit="batch"):
+        inputs, mask_images = [], []
+        for i in chunk:
+            image, mask = prepare_image(images[i], resolution), masks(i)
+            if cfg.hole_fill == "gray":
+                image = _masked_input(image, mask)
+            inputs.append(Image.fromarray(image))
+            mask_images.append(Image.fromarray(mask * 255))
+        generator = torch.Generator(device).manual_seed(cfg.seed + chunk[0])
+        result = pipeline(
+            image=inputs,
+            mask_image=mask_images,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            strength=cfg.strength,
+            category=cfg.category,
+            generator=generator,
+            strategy="original",
+        )
+        for i, prediction in zip(chunk, result.images, strict=True):
+            _save_png(out / "predictions" / f"{images[i].stem}.png", np.asarray(prediction))
+            made += 1
+    return made
+
+
+def _find_prediction(directory: Path, stem: str) -> Path:
+    for ext in IMAGE_EXTENSIONS:
+        if (directory / f"{stem}{ext}").is_file():
+            return directory / f"{stem}{ext}"
+    raise InputError(f"no prediction for image {stem!r} in {directory} (expected {stem}.png)")
+
+
+def _bootstrap(
+    n: int,
+    real: torch.Tensor | None,
+    fake: torch.Tensor | None,
+    lpips: np.ndarray | None,
+    samples: int,
+    seed: int,
+) -> dict[str, list[float]]:
+    """95 % percentile intervals of FID and mean LPIPS over images resampled with replacement."""
+    from moebius.eval.fid import fid_from_features
+
+    rng = np.random.default_rng(seed)
+    fids, lpipses = [], []
+    for _ in tqdm(range(samples), desc="bootstrap", leave=False):
+        idx = torch.from_numpy(rng.integers(0, n, n))
+        if real is not None:
+            fids.append(fid_from_features(real[idx], fake[idx]))
+        if lpips is not None:
+            lpipses.append(float(lpips[idx.numpy()].mean()))
+    intervals = {}
+    for key, values in (("fid", fids), ("lpips", lpipses)):
+        if values:
+            intervals[key] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    return intervals
+
+
+def load_extractors(cfg: EvalConfig) -> dict:
+    """The feature networks the requested metrics need, loaded before any inference so that
+    missing weight files fail fast. Returns {"inception", "lpips", "info"}."""
+    wanted = set(cfg.metrics)
+    unknown = wanted - set(ALL_METRICS)
+    if unknown:
+        raise InputError(f"unknown metrics {sorted(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    device = torch.device(cfg.device)
+    loaded = {"inception": None, "lpips": None, "info": {}}
+    if wanted & {"fid", "u_ids", "p_ids"}:
+        from moebius.eval.inception import InceptionFeatures
+
+        inception = InceptionFeatures.load(
+            cfg.weights_dir, cfg.random_weights, cfg.download, input_size=cfg.inception_size
+        )
+        loaded["inception"] = inception.to(device)
+        loaded["info"]["inception"] = {
+            "weights": inception.weights,
+            "random_weights": inception.random_weights,
+            "input_size": inception.input_size,
+        }
+    if "lpips" in wanted:
+        from moebius.eval.lpips import LPIPS
+
+        lpips = LPIPS.load(cfg.lpips_net, cfg.weights_dir, cfg.random_weights, cfg.download)
+        loaded["lpips"] = lpips.to(device)
+        loaded["info"][f"lpips-{cfg.lpips_net}"] = {
+            "weights": lpips.weights,
+            "random_weights": lpips.random_weights,
+        }
+    return loaded
+
+
+def score(
+    cfg: EvalConfig,
+    protocol: Protocol,
+    images: list[Path],
+    masks: MaskSet,
+    predictions: Path,
+    extractors: dict,
+) -> dict:
+    """All metrics for (prediction, ground truth, mask) triples; returns the metrics.json body."""
+    from moebius.eval.pixel import psnr, ssim_from_map, ssim_map
+
+    out = Path(cfg.out_dir)
+    device = torch.device(cfg.device)
+    wanted = set(cfg.metrics)
+    inception, lpips_net = extractors["inception"], extractors["lpips"]
+
+    resolution = protocol.resolution
+    records, real_feats, fake_feats, sheet = [], [], [], []
+    resized = 0
+    batch = cfg.batch_size
+    for start in tqdm(range(0, len(images), batch), desc="scoring", unit="batch"):
+        gts, preds, holes = [], [], []
+        for i in range(start, min(start + batch, len(images))):
+            gt, mask = prepare_image(images[i], resolution), masks(i)
+            pred = _load_rgb(_find_prediction(predictions, images[i].stem))
+            if pred.shape != gt.shape:
+                resized += 1
+                pred = np.asarray(Image.fromarray(pred).resize(gt.shape[1::-1], Image.LANCZOS))
+            masked = _masked_input(gt, mask)
+            for folder, array in (("masks", mask * 255), ("inputs", masked)):
+                if not (out / folder / f"{images[i].stem}.png").is_file():  # same on every run
+                    _save_png(out / folder / f"{images[i].stem}.png", array)
+            if len(sheet) < CONTACT_ROWS:
+                sheet.append((masked, mask * 255, pred, gt))
+            gts.append(gt)
+            preds.append(pred)
+            holes.append(mask)
+        if inception is not None:
+            features = inception(gts + preds)
+            real_feats.append(features[: len(gts)])
+            fake_feats.append(features[len(gts) :])
+        distances = [math.nan] * len(gts)
+        if lpips_net is not None:
+            with torch.inference_mode():
+                pair = (_signed_unit(preds, device), _signed_unit(gts, device))
+                distances = lpips_net(*pair).cpu().tolist()
+        for offset, (pred, gt, hole) in enumerate(zip(preds, gts, holes, strict=True)):
+            record = {"image": images[start + offset].name, "hole_ratio": float(hole.mean())}
+            if "lpips" in wanted:
+                record["lpips"] = distances[offset]
+            if "psnr" in wanted:
+                record["psnr"] = psnr(pred, gt)
+            if "psnr_hole" in wanted:
+                record["psnr_hole"] = psnr(pred, gt, hole)
+            if wanted & {"ssim", "ssim_hole"}:
+                smap = ssim_map(pred, gt, device=device)
+                if "ssim" in wanted:
+                    record["ssim"] = ssim_from_map(smap)
+                if "ssim_hole" in wanted:
+                    record["ssim_hole"] = ssim_from_map(smap, hole)
+            records.append(record)
+
+    text = "".join(json.dumps(json_safe(r)) + "\n" for r in records)
+    atomic_write(out / "per_image.jsonl", lambda tmp: Path(tmp).write_text(text))
+
+    metrics: dict[str, float] = {}
+    for key in ("lpips", "psnr", "ssim", "psnr_hole", "ssim_hole"):
+        if key in wanted:
+            values = np.array([r[key] for r in records], np.float64)
+            values = values[np.isfinite(values)]  # identical images (PSNR ∞) or empty holes
+            metrics[key] = float(values.mean()) if len(values) else math.nan
+    real = fake = None
+    if inception is not None:
+        from moebius.eval.fid import fid_from_features
+        from moebius.eval.ids import inception_discriminative_scores
+
+        real, fake = torch.cat(real_feats), torch.cat(fake_feats)
+        if "fid" in wanted:
+            metrics["fid"] = fid_from_features(fake, real) if len(images) >= 2 else math.nan
+        if wanted & {"u_ids", "p_ids"}:
+            u_ids, p_ids = inception_discriminative_scores(real, fake)
+            metrics.update({k: v for k, v in (("u_ids", u_ids), ("p_ids", p_ids)) if k in wanted})
+
+    warnings = []
+    if cfg.random_weights:
+        warnings.append(
+            "RANDOM-WEIGHT feature extractors (testing only): FID/LPIPS/IDS are meaningless"
+        )
+    if "fid" in wanted and len(images) < FID_MIN_IMAGES:
+        warnings.append(
+            f"FID on {len(images)} images is biased upwards (use ≥ {FID_MIN_IMAGES}; the paper's "
+            f"sets have {protocol.expected_images or 'thousands of'} images)"
+        )
+    if resized:
+        warnings.append(
+            f"{resized} predictions were not {resolution}×{resolution}; resized (Lanczos)"
+        )
+    intervals = {}
+    if cfg.bootstrap > 0 and len(images) >= 2:
+        lp = np.array([r["lpips"] for r in records]) if "lpips" in wanted else None
+        # resampled FIDs are many float64 decompositions: run them on the metric device
+        fid_real = real.to(device) if "fid" in wanted else None
+        fid_fake = fake.to(device) if "fid" in wanted else None
+        intervals = _bootstrap(len(images), fid_real, fid_fake, lp, cfg.bootstrap, cfg.seed)
+    return {
+        "metrics": metrics,
+        "intervals": intervals,
+        "bootstrap": {"samples": cfg.bootstrap, "confidence": 0.95, "seed": cfg.seed},
+        "extractors": extractors["info"],
+        "random_weights": cfg.random_weights,
+        "warnings": warnings,
+        "_sheet": sheet,
+    }
+
+
+def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
+    """Run (or resume) inference with ``pipeline`` unless ``cfg.predictions`` is set, then score.
+
+    Returns the ``metrics.json`` content and writes every file listed in the module docstring.
+    """
+    started = time.time()
+    protocol = get_protocol(cfg.protocol)
+    if cfg.hole_fill not in ("original", "gray"):
+        raise InputError(f"hole fill must be 'original' or 'gray', got {cfg.hole_fill!r}")
+    if cfg.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    if cfg.predictions is None and int(cfg.steps * cfg.strength) < 1:
+        raise InputError(
+            f"{cfg.steps} steps at strength {cfg.strength} run no denoising step; use more --steps"
+        )
+    images = list_images(cfg.images, cfg.limit)
+    masks = MaskSet(protocol, images, cfg.masks, cfg.masks_white, cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    _check_same_settings(out / "run.json", cfg, masks)
+    extractors = load_extractors(cfg)
+    if cfg.predictions is not None:
+        predictions = Path(cfg.predictions)
+        if not predictions.is_dir():
+            raise InputError(f"predictions folder not found: {predictions}")
+        inference = {"predictions": str(predictions)}
+    else:
+        if pipeline is None:
+            raise InputError("give a model to run or --predictions DIR to score")
+        predictions = out / "predictions"
+        made = run_inference(pipeline, cfg, images, masks, protocol.resolution)
+        inference = {
+            "steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+            "strength": cfg.strength,
+            "category": cfg.category,
+            "hole_fill": cfg.hole_fill,
+            "batch_size": cfg.batch_size,
+            "seed_rule": "batch k (fixed chunks of the sorted list) uses seed + k*batch_size",
+            "newly_inpainted": made,
+            "device": str(pipeline.device),
+            "dtype": str(pipeline.dtype),
+        }
+
+    scores = score(cfg, protocol, images, masks, predictions, extractors)
+    sheet = scores.pop("_sheet")
+    result = {
+        "protocol": protocol.name,
+        "protocol_details": {**asdict(protocol), "notes": protocol.notes},
+        "model": cfg.model_name,
+        "num_images": len(images),
+        "images": str(cfg.images),
+        "seed": cfg.seed,
+        "mask_source": masks.source,
+        "inference": inference,
+        **scores,
+        "paper": protocol.paper,
+        "versions": _versions(),
+        "metric_device": cfg.device,
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(out / "metrics.json", result)
+    write_markdown(out / "results.md", result)
+    write_contact_sheet(out / "contact_sheet.png", sheet)
+    return result
+
+
+def _check_same_settings(path: Path, cfg: EvalConfig, masks: MaskSet) -> None:
+    """Resuming reuses saved predictions and masks, so refuse an OUT made with other settings."""
+    settings = {"protocol": cfg.protocol, "mask_source": masks.source}
+    if cfg.predictions is None:
+        settings.update(
+            model=cfg.model_name,
+            seed=cfg.seed,
+            steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            strength=cfg.strength,
+            category=cfg.category,
+            hole_fill=cfg.hole_fill,
+            batch_size=cfg.batch_size,
+        )
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in settings if k in previous and previous[k] != settings[k])
+        if changed:
+            raise InputError(
+                f"{path.parent} holds a run with other settings ({', '.join(changed)} differ); "
+                "use a new --out"
+            )
+        settings = {**previous, **settings}
+    text = json.dumps(settings, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _versions() -> dict:
+    import moebius
+
+    return {"moebius": moebius.__version__, "torch": torch.__version__}
