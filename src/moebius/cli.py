@@ -15,6 +15,7 @@ COMMANDS = [
     "moebius.commands.inpaint",
     "moebius.commands.distill",
     "moebius.commands.cache_latents",
+    "moebius.commands.reproduce",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Small-scale reproduction of the paper's distillation mechanism on bundled public-domain photos."""
