@@ -315,6 +315,12 @@ def test_mask_size_mismatch(pipe):
     assert out.images[0].size == (64, 64)
 
 
+def test_too_few_steps_for_the_strength_is_a_clear_error(pipe):
+    with pytest.raises(InputError, match="no denoising step"):
+        pipe(image=photo(64, 64), mask_image=box_mask(64, 64, (8, 8, 40, 40)),
+             num_inference_steps=1, strength=0.99)
+
+
 def test_dpm_solver_option(pipe):
     image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
     dpm = MoebiusInpaintPipeline(pipe.model, pipe.vae, moebius.pipeline.make_scheduler("dpm++"))

@@ -434,6 +434,11 @@ class MoebiusInpaintPipeline:
             raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
         if not 0 < strength <= 1:
             raise InputError(f"strength must be in (0, 1], got {strength}")
+        if int(num_inference_steps * strength) < 1:
+            raise InputError(
+                f"{num_inference_steps} steps at strength {strength} run no denoising step "
+                f"(int(steps·strength) = 0); use more steps or strength 1"
+            )
         images = [image] if isinstance(image, Image.Image) else list(image)
         masks = [mask_image] if isinstance(mask_image, Image.Image) else list(mask_image)
         if len(images) != len(masks):
