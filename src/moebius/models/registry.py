@@ -18,12 +18,16 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # model_type -> (module, config class, network class)
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "moebius": ("moebius.models.moebius_unet", "MoebiusConfig", "MoebiusUNet"),
+    "pixelhacker": ("moebius.models.pixelhacker", "PixelHackerConfig", "PixelHackerUNet"),
 }
 AUTHORS_MODEL_TYPES: dict[str, str] = {
     "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x8": "moebius",
+    "UNet2DGLAConditionModel": "pixelhacker",
+    "PixelHacker": "pixelhacker",
 }
 PRESETS: dict[str, str] = {
     "moebius-0.2b": "moebius-0.2b.yaml",
+    "pixelhacker": "pixelhacker.yaml",
 }
 
 
