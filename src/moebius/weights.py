@@ -9,6 +9,9 @@ Three layouts are understood:
   (or ``PixelHacker/<variant>/``, or ``<variant>/`` directly) next to ``<root>/vae/``;
 * a Hub repo id (``hustvl/Moebius``, ``hustvl/PixelHacker``): ``<variant>/diffusion_pytorch_model.bin``;
   the VAE is only published in ``hustvl/PixelHacker`` under ``vae/``.
+
+``moebius-demo`` names the small model that ships inside the package (made by
+``moebius reproduce small``), so that inpainting works offline on a fresh install.
 """
 
 import os
@@ -25,6 +28,12 @@ DEFAULT_REPO = "hustvl/Moebius"
 VAE_REPO = "hustvl/PixelHacker"
 # folder name in the authors' layout / repo name → our model preset
 FAMILY_PRESETS = {"moebius": "moebius-0.2b", "pixelhacker": "pixelhacker"}
+BUNDLED = {"moebius-demo": Path(__file__).resolve().parent / "assets" / "moebius-demo"}
+DEMO_NOTE = (
+    "the official weights are not in the Hugging Face cache, so the bundled moebius-demo model "
+    "is used (2.3M parameters trained on 9 photos on a CPU: a demonstration, far below the "
+    "paper's quality); pass --model hustvl/Moebius to download the real weights"
+)
 
 
 @dataclass
@@ -95,12 +104,16 @@ def _download_help(repo: str, variant: str) -> str:
 
 
 def locate_hub(
-    repo: str, variant: str, model_config: str | None, cache_dir: str | os.PathLike | None = None
+    repo: str,
+    variant: str,
+    model_config: str | None,
+    cache_dir: str | os.PathLike | None = None,
+    cache_only: bool = False,
 ) -> WeightsLocation:
     """Download (or find in the Hub cache) ``<repo>/<variant>/diffusion_pytorch_model.bin`` and the VAE."""
     from huggingface_hub import hf_hub_download
 
-    offline = _offline()
+    offline = cache_only or _offline()
     wanted = [(repo, f"{variant}/{AUTHORS_WEIGHTS}")]
     wanted += [(VAE_REPO, "vae/config.json"), (VAE_REPO, f"vae/{AUTHORS_WEIGHTS}")]
     paths = []
@@ -128,6 +141,8 @@ def locate(
     cache_dir: str | os.PathLike | None = None,
 ) -> WeightsLocation:
     """A local directory (any layout) or, if no such path exists, a Hub repo id."""
+    if str(name_or_path) in BUNDLED:
+        return locate_local(BUNDLED[str(name_or_path)], variant, model_config)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -137,3 +152,14 @@ def locate(
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return locate_hub(name, variant, model_config, cache_dir)
     raise CheckpointError(f"model not found: {name} is neither a directory nor a Hub repo id")
+
+
+def default_model(variant: str = DEFAULT_VARIANT,
+                  cache_dir: str | os.PathLike | None = None) -> tuple[str, str | None]:
+    """The official weights when already cached, else the bundled demo; never touches the
+    network. Returns (name for :func:`locate`, a note for the user or None)."""
+    try:
+        locate_hub(DEFAULT_REPO, variant, None, cache_dir, cache_only=True)
+    except CheckpointError:
+        return "moebius-demo", DEMO_NOTE
+    return DEFAULT_REPO, None

@@ -44,9 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         "--model-path",
         dest="model",
-        default="hustvl/Moebius",
-        help="Hub repo id, a folder in the authors' layout (Moebius/<variant>/ + vae/) or a "
-        "folder written by MoebiusInpaintPipeline.save_pretrained (default: %(default)s)",
+        default="auto",
+        help="Hub repo id (hustvl/Moebius, hustvl/PixelHacker: downloaded when online), a folder "
+        "in the authors' layout (Moebius/<variant>/ + vae/), a folder written by "
+        "MoebiusInpaintPipeline.save_pretrained, or moebius-demo (the small bundled model). "
+        "Default 'auto': hustvl/Moebius if it is in the Hugging Face cache, else moebius-demo",
     )
     model.add_argument(
         "--variant",
@@ -188,8 +190,15 @@ def _load_pipeline(args: argparse.Namespace):
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu" and dtype == torch.float16:
         raise InputError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
+    model = args.model
+    if model == "auto":
+        from moebius.weights import default_model
+
+        model, note = default_model(args.variant)
+        if note:
+            print(f"moebius inpaint: note: {note}", file=sys.stderr)
     pipe = MoebiusInpaintPipeline.from_pretrained(
-        args.model,
+        model,
         variant=args.variant,
         model_config=args.model_config,
         scheduler=args.scheduler,
