@@ -7,6 +7,16 @@ from safetensors.torch import load_file
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests run tiny models, whose time is dominated by thread hand-offs: one thread is
+    several times faster than two, more so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -6,21 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageFilter
 from skimage import data
 from test_pipeline import tiny_model, tiny_vae
 
 from moebius.cli import main
 from moebius.pipeline import MoebiusInpaintPipeline
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

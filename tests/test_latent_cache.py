@@ -22,14 +22,6 @@ from moebius.train.latent_cache import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_vae():
     from diffusers import AutoencoderKL
 

@@ -21,15 +21,6 @@ OUT = "diff_model.conv_out.conv_pw.weight"
 FEAT = "diff_model.down_blocks.2.attentions.1.proj_out.weight"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_schedule_matches_diffusers_and_noise_round_trips():
     from diffusers import DDPMScheduler
 

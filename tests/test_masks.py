@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from moebius.errors import ConfigError
 from moebius.masks import (
@@ -11,15 +10,6 @@ from moebius.masks import (
     irregular_mask,
     mat_free_form_mask,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _ratios(generator, size, n, seed=0):

@@ -45,15 +45,6 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
     ).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models are dominated by thread start-up; one thread is faster on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> MoebiusInpaintPipeline:
     p = MoebiusInpaintPipeline(tiny_model(), tiny_vae())
@@ -317,8 +308,12 @@ def test_mask_size_mismatch(pipe):
 
 def test_too_few_steps_for_the_strength_is_a_clear_error(pipe):
     with pytest.raises(InputError, match="no denoising step"):
-        pipe(image=photo(64, 64), mask_image=box_mask(64, 64, (8, 8, 40, 40)),
-             num_inference_steps=1, strength=0.99)
+        pipe(
+            image=photo(64, 64),
+            mask_image=box_mask(64, 64, (8, 8, 40, 40)),
+            num_inference_steps=1,
+            strength=0.99,
+        )
 
 
 def test_dpm_solver_option(pipe):

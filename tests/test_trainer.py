@@ -19,14 +19,6 @@ from moebius.train.data import StepBatchSampler
 from moebius.train.trainer import Distiller
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tiny_config_path):
     """8 natural 64×64 crops, a tiny random VAE and a wider tiny teacher, all on disk."""

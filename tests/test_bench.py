@@ -1,0 +1,109 @@
+"""`moebius bench` mechanics on tiny models: FLOP counts, report schema, plot. Never timings."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import moebius
+from moebius.bench import fit_exponent, measured_flops, student_flops
+from moebius.cli import main as cli_main
+from moebius.nn.fusion import set_plain
+
+
+@pytest.mark.parametrize("height,width,batch", [(8, 8, 1), (8, 12, 2), (6, 10, 1)])
+def test_closed_form_flops_equal_flop_counter(tiny_config_path, height, width, batch):
+    model = set_plain(moebius.build_model(tiny_config_path).eval(), True)
+    x = torch.randn(batch, 9, height, width)
+    ids = moebius.category_ids("background", batch)
+    counted = measured_flops(model, x, torch.full((batch,), 10), ids)
+    assert counted == student_flops(model.config, height, width, batch)
+
+
+def test_released_student_flops_match_the_reference_count():
+    # DESIGN §1: flop_counter counts 316.0 GFLOP for the authors' code at 512² (latent 64²).
+    config = moebius.build_model.__globals__["resolve_config"]("moebius-0.2b")
+    assert round(student_flops(config, 64, 64) / 1e9, 1) == 316.0
+
+
+def test_fit_exponent_recovers_a_power_law():
+    pixels = [256**2, 512**2, 1024**2]
+    assert math.isclose(fit_exponent(pixels, [3 * p**1.07 for p in pixels]), 1.07)
+    assert fit_exponent([512**2], [1.0]) is None
+
+
+def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "--models", f"{tiny_config_path},sd-tiny",
+        "--sizes", "64,128,96x64",
+        "--batches", "1,2",
+        "--dtypes", "float32,bfloat16",
+        "--repeats", "2",
+        "--warmup", "0",
+        "--steps", "2",
+        "--pipeline-sizes", "64",
+        "--roofline-size", "128",
+        "--threads", "1",
+        "--system-allocator",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert cli_main(args) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["schema"] == "moebius-bench/1"
+    labels = {r["label"] for r in report["results"]}
+    assert labels == {str(tiny_config_path), f"{tiny_config_path} [plain]", "sd-tiny"}
+    assert len(report["results"]) == 3 * 3 * 2 * 2  # subjects × sizes × batches × dtypes
+    for row in report["results"]:
+        assert row["status"] == "ok"
+        lat = row["latency"]
+        assert len(lat["runs_ms"]) == 2 and lat["min_ms"] <= lat["median_ms"] <= lat["max_ms"]
+        assert row["flops"] > 0 and row["params"] > 0 and row["peak_memory_bytes"] >= 0
+        assert row["roofline_fraction"] > 0
+        if row["variant"] == "plain":
+            w, h = row["size"]
+            assert row["flops"] == row["flops_closed_form_plain"]
+            assert row["flops"] == student_flops(
+                moebius.build_model(tiny_config_path).config, h // 8, w // 8, row["batch"]
+            )
+    assert set(report["roofline_flops_per_s"]) == {"float32", "bfloat16"}
+    ratios = {(r["ratio"], r["batch"], r["dtype"]) for r in report["ratios"]}
+    assert ("student/sd-tiny", 2, "float32") in ratios
+    assert ("default/plain", 1, "float32") in ratios
+    assert ("bfloat16/float32", 2, "bfloat16") in ratios
+    assert all(r["size"] == [128, 128] for r in report["ratios"])  # the square size nearest 512
+    scaled = [s for s in report["scaling"] if s["label"] == "sd-tiny"]
+    assert scaled and all(s["sizes"] == [64, 128] and s["exponent"] is not None for s in scaled)
+    assert {p["label"] for p in report["pipeline"]} == {str(tiny_config_path), "sd-tiny"}
+    assert all(p["steps"] == 2 and p["total_s"] > 0 for p in report["pipeline"])
+    plain_profile = report["profile"][f"{tiny_config_path} [plain]"]["rows"]
+    assert {"LocalLambda", "InteractiveLambda", "MixFFN", "DWResBlock"} <= {
+        r["module"] for r in plain_profile
+    }
+    assert report["accuracy"][0]["dtype"] == "bfloat16"
+    assert report["accuracy"][0]["latent_max_abs"] >= 0
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "bench.md").read_text()
+    assert text.index("## Ratios") < text.index("## Per-step latency")
+    assert "student/sd-tiny" in text
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--sizes", "500", "multiples of 32"),
+        ("--sizes", "big", "bad size"),
+        ("--dtypes", "float8", "unknown dtypes"),
+        ("--modes", "jit", "unknown modes"),
+        ("--models", "no-such-model", "cannot build model"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, capsys, option, value, message):
+    args = ["bench", option, value, "--out", str(tmp_path / "x"), "--pipeline-sizes", ""]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "x").exists()
