@@ -7,10 +7,11 @@ from safetensors.torch import load_file
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tests run tiny models, whose time is dominated by thread hand-offs: one thread is
-    several times faster than two, more so on a busy machine."""
+    several times faster than two, more so on a busy machine. Session-wide, so that
+    module fixtures and tests agree (thread counts change float summation order)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -25,8 +25,17 @@ def test_default_model_falls_back_to_the_demo_offline(tmp_path, monkeypatch, cap
     ImageDraw.Draw(mask).ellipse((380, 60, 470, 150), fill=255)
     mask.save(tmp_path / "mask.png")
 
-    code = cli_main(["inpaint", str(tmp_path / "coffee.png"), str(tmp_path / "mask.png"),
-                     "-o", str(tmp_path / "out.png"), "--steps", "4"])
+    code = cli_main(
+        [
+            "inpaint",
+            str(tmp_path / "coffee.png"),
+            str(tmp_path / "mask.png"),
+            "-o",
+            str(tmp_path / "out.png"),
+            "--steps",
+            "4",
+        ]
+    )
     assert code == 0
     assert "moebius-demo" in capsys.readouterr().err
     before, after = np.asarray(photo), np.asarray(Image.open(tmp_path / "out.png"))

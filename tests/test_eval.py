@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from diffusers import AutoencoderKL
+from helpers import tiny_vae
 from PIL import Image
 
 import moebius
@@ -39,17 +39,7 @@ def image_dir(tmp_path_factory) -> Path:
 def tiny_pipeline(tiny_config_path) -> MoebiusInpaintPipeline:
     torch.manual_seed(0)
     model = moebius.build_model(str(tiny_config_path))
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=0.13025,
-    )
-    return MoebiusInpaintPipeline(model, vae)
+    return MoebiusInpaintPipeline(model, tiny_vae())
 
 
 def _config(image_dir, out_dir, **overrides) -> EvalConfig:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_model, tiny_vae
 from PIL import Image, ImageFilter
 from skimage import data
-from test_pipeline import tiny_model, tiny_vae
 
 from moebius.cli import main
 from moebius.pipeline import MoebiusInpaintPipeline

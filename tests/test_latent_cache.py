@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_vae
 from PIL import Image
 
 from moebius.errors import InputError
@@ -20,21 +21,6 @@ from moebius.train.latent_cache import (
     sample_latents,
     write_latent_cache,
 )
-
-
-def tiny_vae():
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    ).eval()
 
 
 @pytest.fixture
@@ -63,7 +49,7 @@ def sampler():
 
 
 def test_cache_round_trip_matches_direct_encoding(dataset, tmp_path):
-    vae = tiny_vae()
+    vae = tiny_vae(norm_num_groups=8, sample_size=32, scaling_factor=0.18215)
     records = read_records(dataset)
     out = tmp_path / "cache"
     write_latent_cache(
@@ -121,7 +107,7 @@ def test_cache_latents_cli(dataset, tmp_path, capsys):
     from moebius.cli import main
 
     vae_dir = tmp_path / "vae"
-    tiny_vae().save_pretrained(vae_dir)
+    tiny_vae(norm_num_groups=8, sample_size=32, scaling_factor=0.18215).save_pretrained(vae_dir)
     config = tmp_path / "train.yaml"
     config.write_text("seed: 3\ndata:\n  masks: [{kind: lama, config: thin-256}]\n  dilate: null\n")
     out = tmp_path / "cli_cache"

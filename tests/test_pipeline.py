@@ -11,38 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
+from helpers import TINY_YAML, tiny_model, tiny_vae
 from PIL import Image, ImageFilter
-from safetensors.torch import load_file
 from skimage import data
 
 import moebius
 from moebius.errors import CheckpointError, InputError
 from moebius.pipeline import MoebiusInpaintPipeline, crop_box
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TINY_YAML = FIXTURES / "moebius_tiny_a.yaml"
 CONFIG_DIR = Path(moebius.__file__).parent / "configs"
-
-
-def tiny_model() -> moebius.LCGModel:
-    model = moebius.build_model(str(TINY_YAML))
-    state = load_file(str(FIXTURES / "moebius_tiny_a.safetensors"))
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__")})
-    return model.eval()
-
-
-def tiny_vae(seed: int = 0) -> AutoencoderKL:
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=0.13025,
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,15 @@ def test_heldout_photos_are_never_trained_on():
 
 
 def test_recipe_runs_resumes_and_bundles(tmp_path):
-    cfg = RecipeConfig(out=str(tmp_path / "run"), scale=0.002, seeds=[0], heldout_count=2,
-                       sample_steps=2, docs=str(tmp_path / "docs"), bundle=str(tmp_path / "demo"))
+    cfg = RecipeConfig(
+        out=str(tmp_path / "run"),
+        scale=0.002,
+        seeds=[0],
+        heldout_count=2,
+        sample_steps=2,
+        docs=str(tmp_path / "docs"),
+        bundle=str(tmp_path / "demo"),
+    )
     result = run(cfg)
 
     assert set(result["rows"]) == {"teacher", "student-kd-seed0", "student-nokd-seed0", "telea"}
@@ -40,7 +47,17 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (30, 20, 60, 44))
     mask.save(tmp_path / "mask.png")
-    code = cli_main(["inpaint", str(tmp_path / "photo.png"), str(tmp_path / "mask.png"),
-                     "-o", str(tmp_path / "out.png"), "--model-path", str(tmp_path / "demo"),
-                     "--steps", "2"])
+    code = cli_main(
+        [
+            "inpaint",
+            str(tmp_path / "photo.png"),
+            str(tmp_path / "mask.png"),
+            "-o",
+            str(tmp_path / "out.png"),
+            "--model-path",
+            str(tmp_path / "demo"),
+            "--steps",
+            "2",
+        ]
+    )
     assert code == 0 and Image.open(tmp_path / "out.png").size == (96, 64)

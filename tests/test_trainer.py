@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import tiny_vae
 from PIL import Image
 
 import moebius
@@ -22,7 +23,6 @@ from moebius.train.trainer import Distiller
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tiny_config_path):
     """8 natural 64×64 crops, a tiny random VAE and a wider tiny teacher, all on disk."""
-    from diffusers import AutoencoderKL
     from skimage import data
 
     root = tmp_path_factory.mktemp("distill")
@@ -33,15 +33,7 @@ def assets(tmp_path_factory, tiny_config_path):
             y, x = 40 + 90 * j, 30 + 70 * j
             Image.fromarray(picture[y : y + 64, x : x + 72]).save(images / f"{i}_{j}.png")
     torch.manual_seed(0)
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    ).save_pretrained(root / "vae")
+    tiny_vae(norm_num_groups=8, scaling_factor=0.18215).save_pretrained(root / "vae")
     teacher = MoebiusConfig(
         block_out_channels=(32, 64, 96), cross_attention_dim=32, encoder_hid_dim=48, sample_size=8
     )

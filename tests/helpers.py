@@ -1,0 +1,36 @@
+"""Tiny components shared by the test modules (pytest puts this folder on sys.path)."""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+
+import moebius
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_YAML = FIXTURES / "moebius_tiny_a.yaml"
+
+
+def tiny_model() -> moebius.LCGModel:
+    """The authors' tiny student fixture, weights loaded, eval mode."""
+    model = moebius.build_model(str(TINY_YAML))
+    state = load_file(str(FIXTURES / "moebius_tiny_a.safetensors"))
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__")})
+    return model.eval()
+
+
+def tiny_vae(seed: int = 0, **overrides) -> AutoencoderKL:
+    """A random f8, 4-channel AutoencoderKL with 8 channels per level."""
+    torch.manual_seed(seed)
+    settings = dict(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+        sample_size=64,
+        scaling_factor=0.13025,
+    )
+    return AutoencoderKL(**(settings | overrides)).eval()
