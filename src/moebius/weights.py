@@ -154,8 +154,9 @@ def locate(
     raise CheckpointError(f"model not found: {name} is neither a directory nor a Hub repo id")
 
 
-def default_model(variant: str = DEFAULT_VARIANT,
-                  cache_dir: str | os.PathLike | None = None) -> tuple[str, str | None]:
+def default_model(
+    variant: str = DEFAULT_VARIANT, cache_dir: str | os.PathLike | None = None
+) -> tuple[str, str | None]:
     """The official weights when already cached, else the bundled demo; never touches the
     network. Returns (name for :func:`locate`, a note for the user or None)."""
     try:

@@ -12,33 +12,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "held-out crops and write a report. Every stage resumes where it stopped.",
     )
     parser.add_argument("study", choices=["small"], help="which study to run (only 'small')")
-    parser.add_argument("--out", default="runs/small-scale",
-                        help="working directory for all stages (default: %(default)s)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply every training step count (e.g. 0.01 for a smoke run)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
-                        help="student seeds; each trains a KD and a no-KD student (default: 0 1)")
-    parser.add_argument("--docs", default="docs",
-                        help="write small_scale.md and its images here (default: %(default)s)")
-    parser.add_argument("--bundle", default=None,
-                        help="also save the first KD student + VAE as a pipeline directory here")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for these "
-                        "small models when the machine is busy)")
+    parser.add_argument(
+        "--out",
+        default="runs/small-scale",
+        help="working directory for all stages (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every training step count (e.g. 0.01 for a smoke run)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        help="student seeds; each trains a KD and a no-KD student (default: 0 1)",
+    )
+    parser.add_argument(
+        "--docs",
+        default="docs",
+        help="write small_scale.md and its images here (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bundle",
+        default=None,
+        help="also save the first KD student + VAE as a pipeline directory here",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is fastest for these "
+        "small models when the machine is busy)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from moebius.reproduce.small_scale import RecipeConfig, run as run_recipe
+    from moebius.reproduce.small_scale import RecipeConfig
+    from moebius.reproduce.small_scale import run as run_recipe
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = RecipeConfig(out=args.out, scale=args.scale, seeds=args.seeds, docs=args.docs,
-                       bundle=args.bundle)
+    cfg = RecipeConfig(
+        out=args.out, scale=args.scale, seeds=args.seeds, docs=args.docs, bundle=args.bundle
+    )
     result = run_recipe(cfg)
     summary = result["summary"]
-    print(f"KD masked PSNR {summary['kd_masked_psnr']['mean']:.2f} dB, "
-          f"no-KD {summary['nokd_masked_psnr']['mean']:.2f} dB; report in {args.docs}")
+    print(
+        f"KD masked PSNR {summary['kd_masked_psnr']['mean']:.2f} dB, "
+        f"no-KD {summary['nokd_masked_psnr']['mean']:.2f} dB; report in {args.docs}"
+    )
     return 0

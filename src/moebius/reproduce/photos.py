@@ -67,8 +67,15 @@ def heldout_crops(count: int, size: int, seed: int) -> list[tuple[str, Image.Ima
         if photo.split == "heldout":
             image = load_photo(photo.name)
             scale = 2 * size / min(image.size)
-            sources.append((photo.name, image.resize(
-                (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)))
+            sources.append(
+                (
+                    photo.name,
+                    image.resize(
+                        (round(image.width * scale), round(image.height * scale)),
+                        Image.Resampling.LANCZOS,
+                    ),
+                )
+            )
     crops = []
     for i in range(count):
         name, image = sources[i % len(sources)]

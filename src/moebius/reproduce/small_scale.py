@@ -112,16 +112,22 @@ def stage_data(cfg: RecipeConfig, out: Path) -> dict:
     for name, crop in heldout_crops(cfg.heldout_count, IMAGE_SIZE, seed=1234):
         mask = _mask_for(len(list((directory / "heldout").glob("*_mask.png"))), IMAGE_SIZE, 1234)
         for suffix, picture in (("", crop), ("_mask", Image.fromarray(mask * 255))):
-            atomic_write(directory / "heldout" / f"{name}{suffix}.png",
-                         lambda tmp, p=picture: p.save(tmp, format="PNG"))
+            atomic_write(
+                directory / "heldout" / f"{name}{suffix}.png",
+                lambda tmp, p=picture: p.save(tmp, format="PNG"),
+            )
     photos = [asdict(p) for p in PHOTOS]
-    return _finish_stage(directory, {"train_images": len(train), "heldout_crops": cfg.heldout_count,
-                                     "photos": photos})
+    return _finish_stage(
+        directory,
+        {"train_images": len(train), "heldout_crops": cfg.heldout_count, "photos": photos},
+    )
 
 
 def _training_images(out: Path) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p).convert("RGB"))
-            for p in sorted((out / "data" / "train").glob("*.png"))]
+    return [
+        np.asarray(Image.open(p).convert("RGB"))
+        for p in sorted((out / "data" / "train").glob("*.png"))
+    ]
 
 
 def stage_vae(cfg: RecipeConfig, out: Path) -> dict:
@@ -131,35 +137,70 @@ def stage_vae(cfg: RecipeConfig, out: Path) -> dict:
     if (done := _stage_done(directory)) is not None:
         return done
     started = time.perf_counter()
-    result = train_vae(_training_images(out), directory, cfg.steps(cfg.vae_steps),
-                       size=cfg.vae_crop, batch=cfg.batch_size)
+    result = train_vae(
+        _training_images(out),
+        directory,
+        cfg.steps(cfg.vae_steps),
+        size=cfg.vae_crop,
+        batch=cfg.batch_size,
+    )
     result["seconds"] = time.perf_counter() - started
     return _finish_stage(directory, result)
 
 
-def _train_config(cfg: RecipeConfig, out: Path, name: str, model: dict, steps: int, seed: int,
-                  kd: bool, teacher: str | None, scaling_factor: float):
+def _train_config(
+    cfg: RecipeConfig,
+    out: Path,
+    name: str,
+    model: dict,
+    steps: int,
+    seed: int,
+    kd: bool,
+    teacher: str | None,
+    scaling_factor: float,
+):
     from moebius.train.config import TrainConfig
 
-    return TrainConfig.from_dict({
-        "student": model,
-        "teacher": teacher or "pixelhacker",
-        "vae": str(out / "vae" / "vae"),
-        "scaling_factor": scaling_factor,
-        "image_size": IMAGE_SIZE,
-        "output_dir": str(out / name),
-        "seed": seed,
-        "data": {"train": str(out / "data" / "train"), "num_workers": 0, "dilate": [3, 5],
-                 "masks": [{"kind": "mat", "hole_range": [0.1, 0.6]},
-                           {"kind": "lama", "config": "thin-256"}]},
-        "distill": {"kd": kd} if teacher else TEACHER_AS_STUDENT,
-        "optim": {"optimizer": "adamw", "lr": 5e-4, "warmup_steps": min(100, steps // 10),
-                  "schedule": "cosine", "min_lr_ratio": 0.1, "max_grad_norm": 1.0},
-        "train": {"batch_size": cfg.batch_size, "max_steps": steps, "mixed_precision": "no",
-                  "gradient_checkpointing": False, "checkpoint_every": max(1, steps // 4),
-                  "keep_checkpoints": 1, "log_every": 10, "tensorboard": False,
-                  "sample_every": 0},
-    })
+    return TrainConfig.from_dict(
+        {
+            "student": model,
+            "teacher": teacher or "pixelhacker",
+            "vae": str(out / "vae" / "vae"),
+            "scaling_factor": scaling_factor,
+            "image_size": IMAGE_SIZE,
+            "output_dir": str(out / name),
+            "seed": seed,
+            "data": {
+                "train": str(out / "data" / "train"),
+                "num_workers": 0,
+                "dilate": [3, 5],
+                "masks": [
+                    {"kind": "mat", "hole_range": [0.1, 0.6]},
+                    {"kind": "lama", "config": "thin-256"},
+                ],
+            },
+            "distill": {"kd": kd} if teacher else TEACHER_AS_STUDENT,
+            "optim": {
+                "optimizer": "adamw",
+                "lr": 5e-4,
+                "warmup_steps": min(100, steps // 10),
+                "schedule": "cosine",
+                "min_lr_ratio": 0.1,
+                "max_grad_norm": 1.0,
+            },
+            "train": {
+                "batch_size": cfg.batch_size,
+                "max_steps": steps,
+                "mixed_precision": "no",
+                "gradient_checkpointing": False,
+                "checkpoint_every": max(1, steps // 4),
+                "keep_checkpoints": 1,
+                "log_every": 10,
+                "tensorboard": False,
+                "sample_every": 0,
+            },
+        }
+    )
 
 
 def _train(config) -> float:
@@ -182,8 +223,11 @@ def stage_teacher(cfg: RecipeConfig, out: Path) -> dict:
 
 
 def student_runs(cfg: RecipeConfig) -> list[tuple[str, bool, int]]:
-    return [(f"student-{'kd' if kd else 'nokd'}-seed{seed}", kd, seed)
-            for seed in cfg.seeds for kd in (True, False)]
+    return [
+        (f"student-{'kd' if kd else 'nokd'}-seed{seed}", kd, seed)
+        for seed in cfg.seeds
+        for kd in (True, False)
+    ]
 
 
 def stage_students(cfg: RecipeConfig, out: Path) -> dict:
@@ -192,10 +236,12 @@ def stage_students(cfg: RecipeConfig, out: Path) -> dict:
     results = {}
     for name, kd, seed in student_runs(cfg):
         if (done := _stage_done(out / name)) is None:
-            config = _train_config(cfg, out, name, STUDENT_CONFIG, steps, seed, kd,
-                                   str(out / "teacher" / "final"), sf)
-            done = _finish_stage(out / name, {"steps": steps, "kd": kd, "seed": seed,
-                                              "seconds": _train(config)})
+            config = _train_config(
+                cfg, out, name, STUDENT_CONFIG, steps, seed, kd, str(out / "teacher" / "final"), sf
+            )
+            done = _finish_stage(
+                out / name, {"steps": steps, "kd": kd, "seed": seed, "seconds": _train(config)}
+            )
         results[name] = done
     return results
 
@@ -205,8 +251,9 @@ def _heldout(out: Path) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     directory = out / "data" / "heldout"
     names = sorted(p.stem for p in directory.glob("*.png") if not p.stem.endswith("_mask"))
     images = [np.asarray(Image.open(directory / f"{n}.png").convert("RGB")) for n in names]
-    masks = [(np.asarray(Image.open(directory / f"{n}_mask.png")) > 127).astype(np.uint8)
-             for n in names]
+    masks = [
+        (np.asarray(Image.open(directory / f"{n}_mask.png")) > 127).astype(np.uint8) for n in names
+    ]
     return names, images, masks
 
 
@@ -223,10 +270,14 @@ def _load_pipeline(out: Path, model_dir: Path):
 
 
 def _inpaint(pipe, images, masks, cfg: RecipeConfig) -> list[np.ndarray]:
-    result = pipe(image=[Image.fromarray(i) for i in images],
-                  mask_image=[Image.fromarray(m * 255) for m in masks],
-                  num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance,
-                  generator=0, strategy="original")
+    result = pipe(
+        image=[Image.fromarray(i) for i in images],
+        mask_image=[Image.fromarray(m * 255) for m in masks],
+        num_inference_steps=cfg.sample_steps,
+        guidance_scale=cfg.guidance,
+        generator=0,
+        strategy="original",
+    )
     return [np.asarray(im) for im in result.images]
 
 
@@ -284,8 +335,12 @@ def _scores(predictions, images, masks) -> dict[str, float]:
     from moebius.eval.pixel import psnr, ssim
 
     return {
-        "masked_psnr": float(np.mean([psnr(p, i, m) for p, i, m in zip(predictions, images, masks)])),
-        "masked_ssim": float(np.mean([ssim(p, i, m) for p, i, m in zip(predictions, images, masks)])),
+        "masked_psnr": float(
+            np.mean([psnr(p, i, m) for p, i, m in zip(predictions, images, masks, strict=True)])
+        ),
+        "masked_ssim": float(
+            np.mean([ssim(p, i, m) for p, i, m in zip(predictions, images, masks, strict=True)])
+        ),
     }
 
 
@@ -304,21 +359,31 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
         rows[name] = _scores(samples[name], images, masks)
         rows[name]["eps_mse"] = _eps_error(pipe, images, masks, cfg.eps_timesteps)
         rows[name]["parameters"] = sum(p.numel() for p in pipe.model.parameters())
-    samples["telea"] = [_telea(i, m) for i, m in zip(images, masks)]
+    samples["telea"] = [_telea(i, m) for i, m in zip(images, masks, strict=True)]
     rows["telea"] = _scores(samples["telea"], images, masks)
     first_kd, first_nokd = student_runs(cfg)[0][0], student_runs(cfg)[1][0]
     times = _step_times({"teacher": pipes["teacher"].model, "student": pipes[first_kd].model})
 
-    for name, picture in (("masked", [i * (1 - m[..., None]) for i, m in zip(images, masks)]),
-                          ("truth", images)):
+    for name, picture in (
+        ("masked", [i * (1 - m[..., None]) for i, m in zip(images, masks, strict=True)]),
+        ("truth", images),
+    ):
         samples[name] = picture
-    _write_contact_sheet(directory / "contact_sheet.png", samples,
-                         ["masked", "telea", "teacher", first_kd, first_nokd, "truth"])
+    _write_contact_sheet(
+        directory / "contact_sheet.png",
+        samples,
+        ["masked", "telea", "teacher", first_kd, first_nokd, "truth"],
+    )
     _write_loss_plot(directory / "loss.png", out, cfg)
-    result = {"rows": rows, "step_seconds": times, "heldout": names,
-              "summary": _summary(rows, cfg), "config": asdict(cfg),
-              "stages": {s: _stage_done(out / s) for s in ("data", "vae", "teacher")}
-              | {n: _stage_done(out / n) for n, _, _ in student_runs(cfg)}}
+    result = {
+        "rows": rows,
+        "step_seconds": times,
+        "heldout": names,
+        "summary": _summary(rows, cfg),
+        "config": asdict(cfg),
+        "stages": {s: _stage_done(out / s) for s in ("data", "vae", "teacher")}
+        | {n: _stage_done(out / n) for n, _, _ in student_runs(cfg)},
+    }
     return _finish_stage(directory, result)
 
 
@@ -329,14 +394,19 @@ def _summary(rows: dict, cfg: RecipeConfig) -> dict:
         runs = [rows[n] for n, k, _ in student_runs(cfg) if k == kd]
         for metric in ("masked_psnr", "masked_ssim", "eps_mse"):
             values = [r[metric] for r in runs]
-            summary[f"{label}_{metric}"] = {"mean": float(np.mean(values)),
-                                            "min": float(min(values)), "max": float(max(values))}
+            summary[f"{label}_{metric}"] = {
+                "mean": float(np.mean(values)),
+                "min": float(min(values)),
+                "max": float(max(values)),
+            }
     return summary
 
 
 def _write_contact_sheet(path: Path, samples: dict, columns: list[str], rows: int = 6) -> None:
-    tiles = [np.concatenate([samples[c][i] for c in columns], axis=1)
-             for i in range(min(rows, len(samples[columns[0]])))]
+    tiles = [
+        np.concatenate([samples[c][i] for c in columns], axis=1)
+        for i in range(min(rows, len(samples[columns[0]])))
+    ]
     sheet = Image.fromarray(np.concatenate(tiles, axis=0).astype(np.uint8))
     atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
@@ -449,15 +519,20 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
 def _verdict(kd: dict, nokd: dict, kd_eps: dict, nokd_eps: dict, seeds: int) -> str:
     better_psnr = kd["mean"] > nokd["mean"]
     better_eps = kd_eps["mean"] < nokd_eps["mean"]
-    text = (f"here, distillation gave {'higher' if better_psnr else 'lower or equal'} masked PSNR"
-            f" and {'lower' if better_eps else 'higher or equal'} ε-error than the task loss"
-            f" alone (means over {seeds} seed{'s' if seeds > 1 else ''}).")
+    text = (
+        f"here, distillation gave {'higher' if better_psnr else 'lower or equal'} masked PSNR"
+        f" and {'lower' if better_eps else 'higher or equal'} ε-error than the task loss"
+        f" alone (means over {seeds} seed{'s' if seeds > 1 else ''})."
+    )
     if seeds < 2:
         return text + " One seed cannot separate the effect from seed noise."
     separated = kd["min"] > nokd["max"] or nokd["min"] > kd["max"]
-    return text + (" The PSNR ranges over seeds do not overlap." if separated else
-                   " The PSNR ranges over seeds overlap: at this scale the difference is"
-                   " within seed noise.")
+    return text + (
+        " The PSNR ranges over seeds do not overlap."
+        if separated
+        else " The PSNR ranges over seeds overlap: at this scale the difference is"
+        " within seed noise."
+    )
 
 
 def bundle_demo(out: Path, destination: Path, cfg: RecipeConfig) -> None:

@@ -27,8 +27,9 @@ SMALL_VAE = {
 }
 
 
-def random_crops(images: list[np.ndarray], size: int, batch: int,
-                 rng: np.random.Generator) -> torch.Tensor:
+def random_crops(
+    images: list[np.ndarray], size: int, batch: int, rng: np.random.Generator
+) -> torch.Tensor:
     """(batch, 3, size, size) in [-1, 1], random photo, position and horizontal flip."""
     out = np.empty((batch, size, size, 3), np.float32)
     for i in range(batch):
@@ -40,9 +41,17 @@ def random_crops(images: list[np.ndarray], size: int, batch: int,
     return torch.from_numpy(out / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
 
 
-def train_vae(images: list[np.ndarray], out_dir: Path, steps: int, size: int = 128,
-              batch: int = 8, lr: float = 5e-4, kl_weight: float = 1e-6, seed: int = 0,
-              checkpoint_every: int = 250) -> dict:
+def train_vae(
+    images: list[np.ndarray],
+    out_dir: Path,
+    steps: int,
+    size: int = 128,
+    batch: int = 8,
+    lr: float = 5e-4,
+    kl_weight: float = 1e-6,
+    seed: int = 0,
+    checkpoint_every: int = 250,
+) -> dict:
     """Train and write ``out_dir/vae`` (diffusers format); resumes from ``out_dir/state.pt``."""
     from diffusers import AutoencoderKL
 
@@ -61,8 +70,9 @@ def train_vae(images: list[np.ndarray], out_dir: Path, steps: int, size: int = 1
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
     if log_path.exists():  # drop lines logged after the checkpoint we resume from
-        kept = [line for line in log_path.read_text().splitlines()
-                if json.loads(line)["step"] <= start]
+        kept = [
+            line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start
+        ]
         log_path.write_text("".join(line + "\n" for line in kept))
 
     vae.train()
@@ -79,9 +89,13 @@ def train_vae(images: list[np.ndarray], out_dir: Path, steps: int, size: int = 1
         with log_path.open("a") as log:
             log.write(json.dumps({"step": step + 1, "l1": l1.item(), "kl": kl.item()}) + "\n")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                     "step": step + 1}
+            state = {
+                "vae": vae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "step": step + 1,
+            }
             atomic_write(state_path, lambda tmp, s=state: torch.save(s, tmp))
 
     vae.eval()
@@ -89,9 +103,14 @@ def train_vae(images: list[np.ndarray], out_dir: Path, steps: int, size: int = 1
         probe = random_crops(images, 2 * size, 16, np.random.default_rng(seed + 1))
         latents = vae.encode(probe).latent_dist.sample()
         scaling = float(1.0 / latents.std())
-        psnr = float(10 * torch.log10(4 / (vae.decode(latents).sample.clamp(-1, 1) - probe)
-                                      .square().mean()))
+        psnr = float(
+            10 * torch.log10(4 / (vae.decode(latents).sample.clamp(-1, 1) - probe).square().mean())
+        )
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(out_dir / "vae")
-    return {"steps": steps, "scaling_factor": scaling, "reconstruction_psnr_db": psnr,
-            "parameters": sum(p.numel() for p in vae.parameters())}
+    return {
+        "steps": steps,
+        "scaling_factor": scaling,
+        "reconstruction_psnr_db": psnr,
+        "parameters": sum(p.numel() for p in vae.parameters()),
+    }
