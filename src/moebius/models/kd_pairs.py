@@ -16,5 +16,7 @@ def coarse_kd_blocks(student_type: str, teacher_type: str) -> tuple[int, int]:
     try:
         return COARSE_KD_BLOCKS[(student_type, teacher_type)]
     except KeyError:
-        raise KeyError(f"no coarse-KD pairing for student {student_type!r} and teacher "
-                       f"{teacher_type!r}; pass the block indices explicitly") from None
+        raise KeyError(
+            f"no coarse-KD pairing for student {student_type!r} and teacher "
+            f"{teacher_type!r}; pass the block indices explicitly"
+        ) from None

@@ -15,6 +15,7 @@ from torch import nn
 
 from moebius.models.outputs import ModelOutput
 from moebius.nn import Downsample, DWConv, DWResBlock, TimestepEmbedding, Transformer2D, Upsample
+from moebius.nn.fusion import group_norm, set_plain
 from moebius.nn.lambda_block import LambdaBlock
 
 AUTHORS_MODEL_TYPE = "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x8"
@@ -192,10 +193,19 @@ class MoebiusUNet(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=1e-5)
         self.conv_out = DWConv(widths[0], cfg.out_channels, cfg.conv_out_kernel, residual=False)
+        self.plain = False
+
+    def set_plain(self, plain: bool = True) -> "MoebiusUNet":
+        """Run the plain (formula-literal, NCHW) path instead of the fast one; see moebius.nn.fusion."""
+        return set_plain(self, plain)
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
     ) -> ModelOutput:
+        fast = not (self.plain or self.training)
+        if fast:
+            # Channels-last maps make every map ↔ token reshape in the blocks a free view.
+            x = x.contiguous(memory_format=torch.channels_last)
         temb = self.time_embedding(timesteps, x.dtype)
         context = self.encoder_hid_proj(context)
 
@@ -210,5 +220,7 @@ class MoebiusUNet(nn.Module):
             h = up(h, skips, temb, context)
             block_outputs.append(h)
 
-        sample = self.conv_out(F.silu(self.conv_norm_out(h)))
+        sample = self.conv_out(F.silu(group_norm(h, self.conv_norm_out)))
+        if fast:
+            sample = sample.contiguous()
         return ModelOutput(sample=sample, block_outputs=block_outputs)

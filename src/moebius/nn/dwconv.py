@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebius.nn.fusion import fold_batchnorm
+from moebius.nn.fusion import fold_batchnorm, group_norm
 
 
 class DWConv(nn.Module):
@@ -66,8 +66,8 @@ class DWResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(F.silu(group_norm(x, self.norm1)))
         h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(F.silu(group_norm(h, self.norm2)))
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         return shortcut + h

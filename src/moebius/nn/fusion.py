@@ -1,6 +1,15 @@
-"""Folding eval-mode BatchNorm into the linear map in front of it."""
+"""Inference-time rewrites: folding eval-mode BatchNorm, and the plain/fast path switch.
+
+Every module with a ``plain`` attribute has two exact implementations of the same
+maths: the plain one (the formulas as written in the paper, on (B, C, H, W) maps)
+and a fast one (token-major layout, fewer copies, cheaper contraction orders).
+The fast path is the default at inference; training always runs the plain path.
+``set_plain(model, True)`` selects the plain path everywhere, e.g. to measure
+speed-ups against it or to debug.
+"""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,3 +27,49 @@ def fold_batchnorm(
     layer.weight.mul_(scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
     layer.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
     return nn.Identity()
+
+
+def set_plain(model: nn.Module, plain: bool = True) -> nn.Module:
+    """Select the plain (``True``) or fast (``False``) implementation in every sub-module."""
+    for module in model.modules():
+        if hasattr(module, "plain"):
+            module.plain = plain
+    return model
+
+
+def is_plain(model: nn.Module) -> bool:
+    """True when any sub-module runs its plain implementation."""
+    return any(getattr(module, "plain", False) for module in model.modules())
+
+
+def pointwise(tokens: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    """A 1×1 conv (or Linear) applied to (..., C) tokens as a matrix product."""
+    weight = conv.weight.reshape(conv.weight.shape[0], -1)
+    return F.linear(tokens, weight, conv.bias)
+
+
+def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """An eval-mode BatchNorm (or the Identity left by folding) on (..., C) tokens."""
+    if isinstance(norm, nn.Identity):
+        return tokens
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return torch.addcmul(norm.bias - norm.running_mean * scale, tokens, scale)
+
+
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """``norm(x)``, computed with a two-pass variance when ``x`` is a channels-last map.
+
+    PyTorch's channels-last GroupNorm kernel on CPU uses E[x²] − E[x]², which loses
+    most float32 digits when a group's mean is large against its spread (an offset
+    of 100 costs ~1e-2 absolute); centring first keeps it exact to rounding.
+    """
+    if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return norm(x)
+    b, c, h, w = x.shape
+    groups = x.permute(0, 2, 3, 1).reshape(b, h * w, norm.num_groups, c // norm.num_groups)
+    groups = groups.float()
+    centred = groups - groups.mean(dim=(1, 3), keepdim=True)
+    variance = centred.square().mean(dim=(1, 3), keepdim=True)
+    y = (centred * torch.rsqrt(variance + norm.eps)).reshape(b, h, w, c)
+    y = torch.addcmul(norm.bias.float(), y, norm.weight.float()).to(x.dtype)
+    return y.permute(0, 3, 1, 2)

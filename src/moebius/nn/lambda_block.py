@@ -3,19 +3,10 @@
 import torch
 from torch import nn
 
-from moebius.nn.lambda_layers import InteractiveLambda, LocalLambda
+from moebius.nn.lambda_layers import InteractiveLambda, LocalLambda, map_to_tokens, tokens_to_map
 from moebius.nn.mixffn import MixFFN
 
-
-def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H·W, C) row-major tokens → (B, C, H, W)."""
-    b, _, c = tokens.shape
-    return tokens.transpose(1, 2).reshape(b, c, *size)
-
-
-def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) → (B, H·W, C) row-major tokens."""
-    return x.flatten(2).transpose(1, 2)
+__all__ = ["LambdaBlock", "map_to_tokens", "tokens_to_map"]
 
 
 class LambdaBlock(nn.Module):
@@ -36,10 +27,16 @@ class LambdaBlock(nn.Module):
         self.attn2 = InteractiveLambda(channels, context_dim, context_tokens, positions, heads)
         self.norm3 = nn.LayerNorm(channels)
         self.ff = MixFFN(channels, mlp_ratio)
+        self.plain = False
 
     def forward(
         self, tokens: torch.Tensor, context: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:
+        if not (self.plain or self.training):
+            # Every sub-layer works on tokens directly: no map round trips.
+            tokens = tokens + self.attn1.forward_tokens(self.norm1(tokens), size)
+            tokens = tokens + self.attn2.forward_tokens(self.norm2(tokens), context, size)
+            return tokens + self.ff.forward_tokens(self.norm3(tokens), size)
         tokens = tokens + map_to_tokens(self.attn1(tokens_to_map(self.norm1(tokens), size)))
         tokens = tokens + map_to_tokens(
             self.attn2(tokens_to_map(self.norm2(tokens), size), context)

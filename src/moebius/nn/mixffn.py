@@ -4,6 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.nn.fusion import pointwise
+from moebius.nn.lambda_layers import map_to_tokens, tokens_to_map
+
 
 class _Conv(nn.Module):
     """A conv wrapped one level deep, matching the checkpoint keys ``<name>.conv.*``."""
@@ -17,7 +20,12 @@ class _Conv(nn.Module):
 
 
 class MixFFN(nn.Module):
-    """x → 1×1 (C→2h) → SiLU → depthwise 3×3 → split (value, gate) → value·SiLU(gate) → 1×1 (h→C)."""
+    """x → 1×1 (C→2h) → SiLU → depthwise 3×3 → split (value, gate) → value·SiLU(gate) → 1×1 (h→C).
+
+    ``forward_tokens`` is the same maths on (B, n, C) tokens: the 1×1 convs become
+    matrix products and the depthwise conv runs on a channels-last view, so no
+    layout copies happen between the three convs.
+    """
 
     def __init__(self, channels: int, ratio: float = 2.5):
         super().__init__()
@@ -25,8 +33,18 @@ class MixFFN(nn.Module):
         self.inverted_conv = _Conv(channels, 2 * hidden, 1)
         self.depth_conv = _Conv(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
         self.point_conv = _Conv(hidden, channels, 1, bias=False)
+        self.plain = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.plain or self.training):
+            size = (x.shape[2], x.shape[3])
+            return tokens_to_map(self.forward_tokens(map_to_tokens(x), size), size)
         h = self.depth_conv(F.silu(self.inverted_conv(x)))
         value, gate = h.chunk(2, dim=1)
         return self.point_conv(value * F.silu(gate))
+
+    def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h = F.silu(pointwise(x, self.inverted_conv.conv))  # (B, n, 2h)
+        h = map_to_tokens(self.depth_conv(tokens_to_map(h, size)))
+        value, gate = h.chunk(2, dim=-1)
+        return pointwise(value * F.silu(gate), self.point_conv.conv)

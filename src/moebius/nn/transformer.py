@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from moebius.nn.fusion import group_norm
 from moebius.nn.lambda_block import map_to_tokens, tokens_to_map
 
 
@@ -18,7 +19,7 @@ class Transformer2D(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         size = (x.shape[2], x.shape[3])
-        tokens = map_to_tokens(self.proj_in(self.norm(x)))
+        tokens = map_to_tokens(self.proj_in(group_norm(x, self.norm)))
         for block in self.transformer_blocks:
             tokens = block(tokens, context, size)
         return x + self.proj_out(tokens_to_map(tokens, size))

@@ -1,0 +1,235 @@
+"""Turning a benchmark's JSON into the headline ratios, growth exponents, a markdown
+report and a log-log plot."""
+
+import math
+from pathlib import Path
+
+from moebius.models.checkpoint import atomic_write
+
+REFERENCE_SIZE = (512, 512)
+PAPER = {"student/teacher": 26.01 / 46.89, "student/sd": 26.01 / 57.07}
+
+
+def _ok(results: list[dict]) -> list[dict]:
+    return [r for r in results if r.get("status") == "ok"]
+
+
+def _median(row: dict) -> float:
+    return row["latency"]["median_ms"]
+
+
+def fit_exponent(pixels: list[float], ms: list[float]) -> float | None:
+    """Least-squares slope of log(ms) against log(pixels): time ∝ pixels^slope."""
+    if len(pixels) < 2:
+        return None
+    xs, ys = [math.log(p) for p in pixels], [math.log(t) for t in ms]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def scaling(results: list[dict]) -> list[dict]:
+    """Per (label, dtype, mode, batch): fitted exponent over square sizes and 512→1024 growth."""
+    series: dict[tuple, dict[int, float]] = {}
+    for r in _ok(results):
+        w, h = r["size"]
+        if w == h:
+            key = (r["label"], r["dtype"], r["mode"], r["batch"])
+            series.setdefault(key, {})[w * h] = _median(r)
+    rows = []
+    for (label, dtype, mode, batch), points in sorted(series.items()):
+        if len(points) < 2:
+            continue  # one size: nothing to fit
+        pixels = sorted(points)
+        row = {
+            "label": label,
+            "dtype": dtype,
+            "mode": mode,
+            "batch": batch,
+            "exponent": fit_exponent(pixels, [points[p] for p in pixels]),
+            "sizes": [int(math.isqrt(p)) for p in pixels],
+        }
+        if 512 * 512 in points and 1024 * 1024 in points:
+            row["growth_512_1024"] = math.log(points[1024**2] / points[512**2]) / math.log(4)
+        rows.append(row)
+    return rows
+
+
+def _reference_size(results: list[dict]) -> tuple[int, int] | None:
+    sizes = {tuple(r["size"]) for r in _ok(results) if r["size"][0] == r["size"][1]}
+    if not sizes:
+        return None
+    return min(sizes, key=lambda s: abs(s[0] * s[1] - REFERENCE_SIZE[0] * REFERENCE_SIZE[1]))
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Side-by-side latency ratios at 512² (or the nearest square size measured)."""
+    size = _reference_size(results)
+    if size is None:
+        return []
+    cell: dict[tuple, dict] = {}
+    for r in _ok(results):
+        if tuple(r["size"]) == size:
+            cell[(r["label"], r["dtype"], r["mode"], r["batch"])] = r
+    rows = []
+
+    def add(name, r, other, paper=None):
+        if other is not None:
+            rows.append(
+                {
+                    "ratio": name,
+                    "size": list(size),
+                    "dtype": r["dtype"],
+                    "mode": r["mode"],
+                    "batch": r["batch"],
+                    "value": _median(r) / _median(other),
+                    "paper": paper,
+                }
+            )
+
+    for (label, dtype, mode, batch), r in sorted(cell.items()):
+        if r["role"] != "student" or r["variant"] != "default":
+            continue
+        same = [o for k, o in cell.items() if k[1:] == (dtype, mode, batch)]
+        for o in same:
+            if o["role"] == "teacher":
+                add(f"student/{o['label']}", r, o, PAPER["student/teacher"])
+            elif o["role"] == "baseline":
+                add(f"student/{o['label']}", r, o, PAPER["student/sd"])
+        add("default/plain", r, cell.get((f"{label} [plain]", dtype, mode, batch)))
+        if dtype != "float32":
+            add(f"{dtype}/float32", r, cell.get((label, "float32", mode, batch)))
+    return rows
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# moebius bench",
+        "",
+        f"Machine: {m.get('gpu') or m['cpu']} ({m['device']}, {m['threads']} threads), "
+        f"torch {m['torch']}, {report['created']}. FLOPs: {report['flop_convention']}.",
+        "",
+        "## Ratios (per step; lower is faster)",
+        "",
+        "| ratio | size | batch | dtype | mode | measured | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["ratios"]:
+        lines.append(
+            f"| {r['ratio']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | {r['dtype']} "
+            f"| {r['mode']} | {r['value']:.3f} | {_fmt(r['paper'])} |"
+        )
+    lines += [
+        "",
+        "## Growth with pixels (time ∝ pixels^exponent)",
+        "",
+        "| model | dtype | mode | batch | fitted exponent | 512→1024 | sizes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["scaling"]:
+        lines.append(
+            f"| {r['label']} | {r['dtype']} | {r['mode']} | {r['batch']} | {_fmt(r['exponent'], '.2f')} "
+            f"| {_fmt(r.get('growth_512_1024'), '.2f')} | {', '.join(map(str, r['sizes']))} |"
+        )
+    roof = ", ".join(
+        f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["roofline_flops_per_s"].items()
+    )
+    lines += [
+        "",
+        f"## Per-step latency (matmul roofline measured in this run: {roof})",
+        "",
+        "| model | size | batch | dtype | mode | params | GFLOP | median ms | min–max ms "
+        "| % roofline | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        head = f"| {r['label']} | {r['size'][0]}x{r['size'][1]} | {r['batch']} | {r['dtype']} | {r['mode']}"
+        if r.get("status") != "ok":
+            lines.append(f"{head} | {r['params'] / 1e6:.1f}M | | {r.get('status')} | | | |")
+            continue
+        lat = r["latency"]
+        lines.append(
+            f"{head} | {r['params'] / 1e6:.1f}M | {r['flops'] / 1e9:.1f} | {lat['median_ms']:.1f} "
+            f"| {lat['min_ms']:.1f}–{lat['max_ms']:.1f} | {100 * r['roofline_fraction']:.0f} "
+            f"| {r['peak_memory_bytes'] / 2**20:.0f} |"
+        )
+    if report.get("pipeline"):
+        lines += [
+            "",
+            "## Full pipeline (VAE encode ×2 + N CFG steps + decode, batch 1 image)",
+            "",
+            "| model | size | dtype | steps | encode s | denoise s | decode s | total s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["pipeline"]:
+            lines.append(
+                f"| {r['label']} | {r['size'][0]}x{r['size'][1]} | {r['dtype']} | {r['steps']} "
+                f"| {r['encode_s']:.2f} | {r['denoise_s']:.2f} | {r['decode_s']:.2f} | {r['total_s']:.2f} |"
+            )
+    for label, prof in report.get("profile", {}).items():
+        w, h = prof["size"]
+        lines += [
+            "",
+            f"## Where the time goes: {label}, {w}x{h}, batch 1, float32",
+            "",
+            "| module | ms | share |",
+            "|---|---|---|",
+        ]
+        for r in prof["rows"]:
+            lines.append(f"| {r['module']} | {r['ms']:.1f} | {100 * r['share']:.0f}% |")
+    for a in report.get("accuracy", []):
+        lines += [
+            "",
+            f"## {a['dtype']} against float32 ({a['size'][0]}x{a['size'][1]})",
+            "",
+            f"- noise prediction: max |Δ| {a['eps_max_abs']:.3g}, mean |Δ| {a['eps_mean_abs']:.3g} "
+            f"(mean |ε| {a['eps_ref_mean_abs']:.3g})",
+            f"- {a['trajectory_steps']}-step DDIM latent: max |Δ| {a['latent_max_abs']:.3g}, "
+            f"mean |Δ| {a['latent_mean_abs']:.3g} (mean |z| {a['latent_ref_mean_abs']:.3g})",
+        ]
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Log-log per-step latency against pixels at the largest batch, one line per model/dtype."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = _ok(report["results"])
+    batch = max((r["batch"] for r in results), default=1)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    exponents = {
+        (r["label"], r["dtype"], r["mode"]): r["exponent"]
+        for r in report["scaling"]
+        if r["batch"] == batch
+    }
+    groups: dict[tuple, list] = {}
+    for r in results:
+        if r["batch"] == batch:
+            groups.setdefault((r["label"], r["dtype"], r["mode"]), []).append(r)
+    for key, rows in sorted(groups.items()):
+        rows.sort(key=lambda r: r["size"][0] * r["size"][1])
+        px = [r["size"][0] * r["size"][1] for r in rows]
+        ms = [_median(r) for r in rows]
+        exp = exponents.get(key)
+        label = f"{key[0]} {key[1]} {key[2]}" + ("" if exp is None else f" (∝ px^{exp:.2f})")
+        ax.loglog(px, ms, marker="o", label=label)
+    ax.set_xlabel("pixels per image")
+    ax.set_ylabel(f"ms per step (batch {batch})")
+    ax.set_title(f"moebius bench — {report['machine'].get('gpu') or report['machine']['cpu']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

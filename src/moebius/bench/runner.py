@@ -1,0 +1,455 @@
+"""The benchmark loop: interleaved, repeated step timings plus FLOPs, memory, pipeline time,
+a per-module profile and the bfloat16 error, all in one process."""
+
+import contextlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from moebius.bench.flops import measured_flops, student_flops
+from moebius.bench.measure import (
+    Timer,
+    keep_freed_memory,
+    matmul_roofline,
+    peak_memory,
+    summarize,
+    synchronize,
+)
+from moebius.bench.subjects import Subject, build_subjects
+
+SCHEMA = "moebius-bench/1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TIMESTEP = 500
+OPTIONAL_MODELS = ("pixelhacker",)  # skipped with a note when their preset does not build
+PROFILED = ("DWResBlock", "LocalLambda", "InteractiveLambda", "MixFFN", "Downsample", "Upsample")
+
+
+@dataclass
+class BenchSettings:
+    models: list[str] = field(
+        default_factory=lambda: ["moebius-0.2b", "pixelhacker", "sd15-inpaint"]
+    )
+    sizes: list[tuple[int, int]] = field(
+        default_factory=lambda: [(256, 256), (512, 512), (768, 768), (1024, 1024), (768, 512)]
+    )  # (width, height) in pixels
+    batches: list[int] = field(default_factory=lambda: [1, 2])
+    dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
+    modes: list[str] = field(default_factory=lambda: ["eager"])
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    steps: int = 20
+    pipeline_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(512, 512)])
+    plain: bool = True
+    profile: bool = True
+    accuracy: bool = True
+    threads: int | None = None
+    roofline_size: int = 2048
+    keep_freed_memory: bool = False  # CPU: see measure.keep_freed_memory
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _allow_recompiles() -> None:
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+
+
+class Benchmark:
+    def __init__(self, settings: BenchSettings, log: Callable[[str], None] = print):
+        self.settings = settings
+        self.log = log
+        self.device = torch.device(settings.device)
+        self.timer = Timer(self.device)
+        self.notes: list[str] = []
+        self._compiled: dict[str, Callable] = {}
+
+    def _subjects(self) -> list[Subject]:
+        subjects = []
+        for name in self.settings.models:
+            try:
+                subjects += build_subjects(name, self.device, self.settings.plain)
+            except Exception as exc:
+                if name not in OPTIONAL_MODELS:
+                    raise
+                note = f"skipped {name}: {type(exc).__name__}: {exc}"
+                self.notes.append(note)
+                self.log(note)
+        return subjects
+
+    def _runner(self, subject: Subject, x, t, dtype, mode) -> Callable[[], torch.Tensor]:
+        step = subject.step
+        if mode == "compile":
+            if subject.label not in self._compiled:
+                _allow_recompiles()
+                self._compiled[subject.label] = torch.compile(subject.step)
+            step = self._compiled[subject.label]
+
+        def run():
+            with torch.inference_mode(), _autocast(self.device, dtype):
+                return step(x, t)
+
+        return run
+
+    def _flops(self, subject: Subject, x, t) -> dict:
+        """FLOPs of this variant's forward (counted) and, for students, the closed form."""
+        counted = measured_flops(subject.step, x, t)
+        out = {"flops": counted}
+        if subject.student_config is not None:
+            b, _, h, w = x.shape
+            out["flops_closed_form_plain"] = student_flops(subject.student_config, h, w, b)
+        return out
+
+    def step_latency(self, subjects: list[Subject], roofline: dict) -> list[dict]:
+        s = self.settings
+        results = []
+        flop_cache: dict = {}
+        for width, height in s.sizes:
+            for batch in s.batches:
+                x = torch.randn(batch, 9, height // 8, width // 8, device=self.device)
+                t = torch.full((batch,), TIMESTEP, device=self.device)
+                for dtype_name in s.dtypes:
+                    dtype = DTYPES[dtype_name]
+                    for mode in s.modes:
+                        results += self._group(
+                            subjects,
+                            x,
+                            t,
+                            (width, height),
+                            dtype_name,
+                            dtype,
+                            mode,
+                            roofline,
+                            flop_cache,
+                        )
+        return results
+
+    def _group(self, subjects, x, t, size, dtype_name, dtype, mode, roofline, flop_cache):
+        """One (size, batch, dtype, mode) cell: warm every subject, then time them in turns."""
+        s = self.settings
+        batch = x.shape[0]
+        live, rows = [], []
+        for subject in subjects:
+            row = {
+                "model": subject.name,
+                "variant": subject.variant,
+                "label": subject.label,
+                "role": subject.role,
+                "size": list(size),
+                "batch": batch,
+                "dtype": dtype_name,
+                "mode": mode,
+                "params": subject.params,
+            }
+            rows.append(row)
+            run = self._runner(subject, x, t, dtype, mode)
+            try:
+                for _ in range(s.warmup):
+                    run()
+                synchronize(self.device)
+            except Exception as exc:  # e.g. out of memory, or compile unsupported
+                row["status"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self.log(f"{subject.label} {size} b{batch} {dtype_name} {mode}: {row['status']}")
+                continue
+            row["status"] = "ok"
+            live.append((subject, row, run))
+        times = {id(row): [] for _, row, _ in live}
+        for _ in range(s.repeats):
+            for _, row, run in live:
+                times[id(row)].append(self.timer(run))
+        for subject, row, run in live:
+            row["latency"] = summarize(times[id(row)])
+            key = (subject.label, size, x.shape[0])
+            if key not in flop_cache:
+                flop_cache[key] = self._flops(subject, x, t)
+            row.update(flop_cache[key])
+            achieved = row["flops"] / (row["latency"]["median_ms"] / 1000)
+            row["achieved_flops_per_s"] = achieved
+            row["roofline_fraction"] = achieved / roofline[dtype_name]
+            row["peak_memory_bytes"] = peak_memory(run, self.device)
+            self.log(
+                f"{subject.label:28s} {size[0]}x{size[1]} b{batch} {dtype_name:8s} {mode:7s} "
+                f"{row['latency']['median_ms']:10.1f} ms/step  "
+                f"({100 * row['roofline_fraction']:.0f}% of matmul roofline)"
+            )
+        return rows
+
+    def pipeline(self, subjects: list[Subject]) -> list[dict]:
+        """VAE encode (image and masked image) + N CFG steps with DDIM + decode, end to end."""
+        from diffusers import AutoencoderKL
+
+        config_path = Path(__file__).resolve().parent.parent / "configs" / "sdxl_vae_config.json"
+        vae = AutoencoderKL.from_config(json.loads(config_path.read_text()))
+        vae = vae.eval().to(self.device)
+        rows = []
+        for width, height in self.settings.pipeline_sizes:
+            image = torch.rand(1, 3, height, width, device=self.device) * 2 - 1
+            for dtype_name in self.settings.dtypes:
+                for subject in subjects:
+                    try:
+                        row = self._pipeline_once(subject, vae, image, DTYPES[dtype_name])
+                    except Exception as exc:  # recorded, the other rows still run
+                        self.notes.append(f"pipeline {subject.label} {dtype_name}: {exc}")
+                        continue
+                    row.update(label=subject.label, size=[width, height], dtype=dtype_name)
+                    rows.append(row)
+                    self.log(
+                        f"pipeline {subject.label:28s} {width}x{height} {dtype_name:8s} "
+                        f"{row['total_s']:.2f} s ({row['steps']} steps)"
+                    )
+        return rows
+
+    def _pipeline_once(self, subject: Subject, vae, image: torch.Tensor, dtype) -> dict:
+        from moebius.pipeline import make_scheduler
+
+        steps = self.settings.steps
+        scheduler = make_scheduler("ddim")
+        scheduler.set_timesteps(steps)
+        _, _, height, width = image.shape
+        mask = torch.zeros(1, 1, height // 8, width // 8, device=self.device)
+        mask[..., height // 32 : height // 16, width // 32 : width // 16] = 1
+        with torch.inference_mode(), _autocast(self.device, dtype):
+            start = time.perf_counter()
+            vae.encode(image).latent_dist.sample()  # the full image, as the sampler does
+            masked = vae.encode(image * 0.5).latent_dist.sample().float()
+            synchronize(self.device)
+            encode_s = time.perf_counter() - start
+
+            start = time.perf_counter()
+            latent = torch.randn_like(masked)
+            for t in scheduler.timesteps:
+                x = torch.cat([latent, mask, masked], dim=1).repeat(2, 1, 1, 1)
+                eps = subject.step(x, t.to(self.device).expand(2)).float()
+                eps = eps[0:1] + 2.5 * (eps[1:2] - eps[0:1])
+                latent = scheduler.step(eps, t, latent).prev_sample
+            synchronize(self.device)
+            denoise_s = time.perf_counter() - start
+
+            start = time.perf_counter()
+            vae.decode(latent / vae.config.scaling_factor)
+            synchronize(self.device)
+            decode_s = time.perf_counter() - start
+        return {
+            "steps": steps,
+            "encode_s": encode_s,
+            "denoise_s": denoise_s,
+            "decode_s": decode_s,
+            "total_s": encode_s + denoise_s + decode_s,
+        }
+
+    def profile(self, subject: Subject, size: tuple[int, int]) -> list[dict]:
+        """Share of one batch-1 float32 forward spent in each kind of module."""
+        width, height = size
+        x = torch.randn(1, 9, height // 8, width // 8, device=self.device)
+        t = torch.full((1,), TIMESTEP, device=self.device)
+        spent: dict[str, float] = {}
+        starts: dict[int, float] = {}
+        handles = []
+
+        def before(module, _):
+            synchronize(self.device)
+            starts[id(module)] = time.perf_counter()
+
+        def after(module, _, __):
+            synchronize(self.device)
+            name = type(module).__name__
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - starts.pop(id(module))
+
+        for module in subject.module.modules():
+            if type(module).__name__ in PROFILED:
+                handles += [
+                    module.register_forward_pre_hook(before),
+                    module.register_forward_hook(after),
+                ]
+        try:
+            with torch.inference_mode():
+                subject.step(x, t)  # warm
+                spent.clear()
+                synchronize(self.device)
+                start = time.perf_counter()
+                subject.step(x, t)
+                synchronize(self.device)
+                total = time.perf_counter() - start
+        finally:
+            for handle in handles:
+                handle.remove()
+        inner = {"Downsample", "Upsample"}  # not nested in the others
+        rows = [{"module": k, "ms": 1000 * v, "share": v / total} for k, v in spent.items()]
+        nested = sum(v for k, v in spent.items() if k not in inner and k != "DWResBlock")
+        rows.sort(key=lambda r: -r["ms"])
+        rest = total - sum(spent.get(k, 0.0) for k in ("DWResBlock", *inner)) - nested
+        rows.append(
+            {
+                "module": "other (norms, 1×1 projections, glue)",
+                "ms": 1000 * rest,
+                "share": rest / total,
+            }
+        )
+        rows.append({"module": "total", "ms": 1000 * total, "share": 1.0})
+        return rows
+
+    def op_profile(self, subject: Subject, size: tuple[int, int], top: int = 12) -> list[dict]:
+        """Share of one batch-1 float32 forward per operator (the fast path has no per-layer
+        module calls to hook): torch.profiler self time, largest first."""
+        from torch.profiler import ProfilerActivity, profile
+
+        width, height = size
+        x = torch.randn(1, 9, height // 8, width // 8, device=self.device)
+        t = torch.full((1,), TIMESTEP, device=self.device)
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with torch.inference_mode():
+            subject.step(x, t)
+            with profile(activities=activities) as prof:
+                subject.step(x, t)
+                synchronize(self.device)
+        attr = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+        total = sum(getattr(e, attr) for e in events)
+        events.sort(key=lambda e: -getattr(e, attr))
+        rows = [
+            {
+                "module": f"op {e.key} (×{e.count})",
+                "ms": getattr(e, attr) / 1000,
+                "share": getattr(e, attr) / total,
+            }
+            for e in events[:top]
+        ]
+        rest = total - sum(getattr(e, attr) for e in events[:top])
+        rows.append({"module": "other ops", "ms": rest / 1000, "share": rest / total})
+        rows.append({"module": "total", "ms": total / 1000, "share": 1.0})
+        return rows
+
+    def accuracy(self, subject: Subject, size: tuple[int, int], low: str) -> dict:
+        """Reduced-precision error against float32: one noise prediction and an N-step latent."""
+        from moebius.pipeline import make_scheduler
+
+        width, height = size
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 9, height // 8, width // 8, generator=gen).to(self.device)
+        t = torch.full((2,), TIMESTEP, device=self.device)
+
+        def predict(latent_input, timesteps, dtype):
+            with torch.inference_mode(), _autocast(self.device, dtype):
+                return subject.step(latent_input, timesteps).float()
+
+        ref, got = predict(x, t, torch.float32), predict(x, t, DTYPES[low])
+        out = {
+            "dtype": low,
+            "size": list(size),
+            "eps_max_abs": (got - ref).abs().max().item(),
+            "eps_mean_abs": (got - ref).abs().mean().item(),
+            "eps_ref_mean_abs": ref.abs().mean().item(),
+        }
+        finals = []
+        for dtype in (torch.float32, DTYPES[low]):
+            scheduler = make_scheduler("ddim")
+            scheduler.set_timesteps(self.settings.steps)
+            latent = x[:1, :4].clone()
+            for step_t in scheduler.timesteps:
+                inp = torch.cat([latent, x[:1, 4:]], dim=1).repeat(2, 1, 1, 1)
+                eps = predict(inp, step_t.to(self.device).expand(2), dtype)
+                eps = eps[0:1] + 2.5 * (eps[1:2] - eps[0:1])
+                latent = scheduler.step(eps, step_t, latent).prev_sample
+            finals.append(latent)
+        out["trajectory_steps"] = self.settings.steps
+        out["latent_max_abs"] = (finals[1] - finals[0]).abs().max().item()
+        out["latent_mean_abs"] = (finals[1] - finals[0]).abs().mean().item()
+        out["latent_ref_mean_abs"] = finals[0].abs().mean().item()
+        return out
+
+    def run(self) -> dict:
+        threads = torch.get_num_threads()
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> dict:
+        s = self.settings
+        torch.manual_seed(0)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are fixed within a cell
+        if s.keep_freed_memory and not keep_freed_memory():
+            self.notes.append("could not tune the allocator (not glibc); system default used")
+        subjects = self._subjects()
+        if not subjects:
+            from moebius.errors import InputError
+
+            raise InputError("no model could be built: " + "; ".join(self.notes))
+        roofline = {d: matmul_roofline(self.device, DTYPES[d], s.roofline_size) for d in s.dtypes}
+        for d, v in roofline.items():
+            self.log(f"matmul roofline {d}: {v / 1e9:.0f} GFLOP/s")
+        report = {
+            "schema": SCHEMA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_info(self.device),
+            "settings": asdict(s),
+            "flop_convention": "torch.utils.flop_counter: 2 FLOPs per multiply-add; "
+            "matrix products and convolutions only",
+            "roofline_flops_per_s": roofline,
+            "results": self.step_latency(subjects, roofline),
+        }
+        report["pipeline"] = (
+            self.pipeline([x for x in subjects if x.variant == "default"])
+            if s.pipeline_sizes
+            else []
+        )
+        profile_size = min(s.sizes, key=lambda wh: abs(wh[0] * wh[1] - 512 * 512))
+        report["profile"] = {}
+        if s.profile:
+            for subject in subjects:
+                if subject.student_config is None:
+                    continue
+                self.log(f"profiling {subject.label} at {profile_size}")
+                rows = (
+                    self.profile(subject, profile_size)
+                    if subject.variant == "plain"
+                    else self.op_profile(subject, profile_size)
+                )
+                report["profile"][subject.label] = {"size": list(profile_size), "rows": rows}
+        report["accuracy"] = []
+        low = [d for d in s.dtypes if d != "float32"]
+        if s.accuracy and low:
+            for subject in subjects:
+                if subject.student_config is not None and subject.variant == "default":
+                    size = min(s.sizes, key=lambda wh: wh[0] * wh[1])
+                    self.log(f"{low[0]} error of {subject.label} at {size}")
+                    report["accuracy"].append(self.accuracy(subject, size, low[0]))
+        report["notes"] = self.notes
+        return report
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

@@ -1,0 +1,114 @@
+"""The models a benchmark compares, each wrapped as one denoising step on a latent batch.
+
+* ``moebius-0.2b`` (or any student config path): the student, BatchNorm folded and on
+  its fast path; its ``plain`` variant runs the formula-literal path, unfused.
+* ``pixelhacker``: the teacher, when its preset builds.
+* ``sd15-inpaint``: a Stable-Diffusion-1.5-inpainting-shaped diffusers
+  ``UNet2DConditionModel`` (9 input channels, 768-d softmax cross-attention over
+  77 tokens), random weights: the paper's "SD" row.
+* ``sd-tiny``: the same family at toy width, for tests.
+"""
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from moebius.errors import InputError
+
+SD15_INPAINT = dict(
+    in_channels=9,
+    out_channels=4,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    sample_size=64,
+)
+SD_TINY = dict(SD15_INPAINT, cross_attention_dim=32, block_out_channels=(32, 64), norm_num_groups=8)
+SD_TINY["down_block_types"] = ("CrossAttnDownBlock2D", "DownBlock2D")
+SD_TINY["up_block_types"] = ("UpBlock2D", "CrossAttnUpBlock2D")
+SD_TOKENS = 77
+
+
+@dataclass
+class Subject:
+    """One benchmarked network: ``step(x, t)`` runs one denoiser call on x (B, 9, h, w)."""
+
+    name: str
+    variant: str
+    module: nn.Module
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    params: int
+    role: str  # "student", "teacher" or "baseline": what the headline ratios compare
+    student_config: object = None  # set for students: enables the closed-form FLOP count
+
+    @property
+    def label(self) -> str:
+        return self.name if self.variant == "default" else f"{self.name} [{self.variant}]"
+
+
+def _lcg_step(model: nn.Module) -> Callable:
+    from moebius.models.lcg import category_ids
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # Batch 2 is the CFG pair (foreground, background), as in the sampler.
+        half = x.shape[0] - x.shape[0] // 2
+        ids = torch.cat(
+            [
+                category_ids("foreground", half, x.device),
+                category_ids("background", x.shape[0] - half, x.device),
+            ]
+        )
+        return model(x, t, ids).sample
+
+    return step
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sd(config: dict, device: torch.device) -> Subject:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**config).eval().to(device)
+    width = config["cross_attention_dim"]
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        context = torch.zeros(x.shape[0], SD_TOKENS, width, device=x.device, dtype=x.dtype)
+        return unet(x, t, encoder_hidden_states=context).sample
+
+    return unet, step
+
+
+def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject]:
+    """The subject(s) for a model name; students also get a plain variant when ``plain``."""
+    import moebius
+    from moebius.errors import MoebiusError
+    from moebius.nn.fusion import set_plain
+
+    if name in ("sd15-inpaint", "sd-tiny"):
+        unet, step = _sd(SD15_INPAINT if name == "sd15-inpaint" else SD_TINY, device)
+        return [Subject(name, "default", unet, step, _params(unet), "baseline")]
+    try:
+        model = moebius.build_model(name).eval()
+    except MoebiusError as exc:
+        raise InputError(f"cannot build model {name!r}: {exc}") from exc
+    params = _params(model)  # before folding, which trades BatchNorm affines for conv biases
+    subjects = []
+    if model.config.model_type == "moebius":
+        if plain:
+            reference = set_plain(copy.deepcopy(model), True).to(device)
+            step = _lcg_step(reference)
+            subjects.append(Subject(name, "plain", reference, step, params, "student"))
+        model.fuse()
+    model.to(device)
+    role = "student" if model.config.model_type == "moebius" else "teacher"
+    subjects.insert(0, Subject(name, "default", model, _lcg_step(model), params, role))
+    if model.config.model_type == "moebius":
+        for subject in subjects:
+            subject.student_config = model.config
+    return subjects
