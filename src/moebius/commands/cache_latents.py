@@ -2,6 +2,8 @@
 
 import argparse
 
+from moebius.commands import resolve_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -73,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         d.dataset_mask_prob,
         tuple(d.dilate) if d.dilate else None,
     )
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     try:
         vae = AutoencoderKL.from_pretrained(
             args.vae, torch_dtype=getattr(torch, args.dtype), low_cpu_mem_usage=False

@@ -2,6 +2,8 @@
 
 import argparse
 
+from moebius.commands import resolve_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from moebius.eval.protocols import ALL_METRICS, PROTOCOLS
@@ -122,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from moebius.eval.runner import EvalConfig, evaluate
 
     protocol = get_protocol(args.protocol)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else ALL_METRICS
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
@@ -170,18 +172,3 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(result))
     print(f"wrote {cfg.out_dir}/metrics.json, results.md, contact_sheet.png")
     return 0
-
-
-def _device(name: str):
-    import torch
-
-    from moebius.errors import InputError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name} requested but no CUDA GPU is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown --device {name!r}") from None

@@ -6,6 +6,7 @@ import time
 import warnings
 from pathlib import Path
 
+from moebius.commands import resolve_device
 from moebius.errors import InputError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -140,22 +141,6 @@ def _write(image, path: Path, fmt: str) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
-def _resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps: Apple MPS is not available")
-    return torch.device(name)
-
-
 def _check_args(args: argparse.Namespace) -> str:
     single = args.image is not None or args.mask is not None or args.output is not None
     batch = args.images is not None or args.masks is not None or args.out is not None
@@ -186,7 +171,7 @@ def _load_pipeline(args: argparse.Namespace):
 
     diffusers_logging.set_verbosity_error()  # its load-time advice is not for our users
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu" and dtype == torch.float16:
         raise InputError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
