@@ -34,3 +34,12 @@ def tiny_vae(seed: int = 0, **overrides) -> AutoencoderKL:
         scaling_factor=0.13025,
     )
     return AutoencoderKL(**(settings | overrides)).eval()
+
+
+def read_key_manifest(path: Path) -> dict[str, tuple[int, ...]]:
+    """The authors' state-dict manifest (``key<TAB>[shape]<TAB>dtype`` rows) as key → shape."""
+    manifest = {}
+    for row in path.read_text().splitlines()[1:]:
+        key, shape, _ = row.split("\t")
+        manifest[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
+    return manifest

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from helpers import read_key_manifest
 from safetensors.torch import save_file
 
 import moebius
@@ -51,11 +52,7 @@ def test_fuse_refuses_training_mode(tiny_config_path):
 def test_released_layout_and_parameter_count(fixtures_dir):
     with torch.device("meta"):
         model = moebius.build_model("moebius-0.2b")
-    rows = (fixtures_dir / "moebius_official_state_dict.tsv").read_text().splitlines()[1:]
-    official = {}
-    for row in rows:
-        key, shape, _ = row.split("\t")
-        official[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
+    official = read_key_manifest(fixtures_dir / "moebius_official_state_dict.tsv")
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == official
     assert sum(p.numel() for p in model.parameters()) == 226_041_531

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import read_key_manifest
 from safetensors.torch import load_file
 
 import moebius
@@ -94,11 +95,7 @@ def test_non_square_and_odd_latents(teacher, size):
 def test_released_layout_and_parameter_count(fixtures_dir):
     with torch.device("meta"):
         model = moebius.build_model("pixelhacker")
-    rows = (fixtures_dir / "pixelhacker_official_state_dict.tsv").read_text().splitlines()[1:]
-    official = {}
-    for row in rows:
-        key, shape, _ = row.split("\t")
-        official[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
+    official = read_key_manifest(fixtures_dir / "pixelhacker_official_state_dict.tsv")
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert ours == official
     assert sum(p.numel() for p in model.parameters()) == 862_251_708
