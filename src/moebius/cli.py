@@ -9,10 +9,10 @@ import sys
 from moebius.errors import MoebiusError
 
 COMMANDS = [
-    "moebius.commands.bench",
-    "moebius.commands.eval",
-    "moebius.commands.convert",
     "moebius.commands.inpaint",
+    "moebius.commands.convert",
+    "moebius.commands.eval",
+    "moebius.commands.bench",
     "moebius.commands.distill",
     "moebius.commands.cache_latents",
     "moebius.commands.reproduce",
