@@ -31,7 +31,7 @@ FAMILY_PRESETS = {"moebius": "moebius-0.2b", "pixelhacker": "pixelhacker"}
 BUNDLED = {"moebius-demo": Path(__file__).resolve().parent / "assets" / "moebius-demo"}
 DEMO_NOTE = (
     "the official weights are not in the Hugging Face cache, so the bundled moebius-demo model "
-    "is used (2.3M parameters trained on 9 photos on a CPU: a demonstration, far below the "
+    "is used (2.3M parameters trained on 8 photos on a CPU: a demonstration, far below the "
     "paper's quality); pass --model hustvl/Moebius to download the real weights"
 )
 
