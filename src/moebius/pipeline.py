@@ -55,6 +55,18 @@ VAE_TILE_SIZE = 1024
 PASTE_BLUR_RADIUS = 3
 
 
+def check_steps(steps: int, strength: float) -> None:
+    """``strength`` in (0, 1] and at least one denoising step (the authors run
+    ``int(steps·strength)`` of them), else an InputError."""
+    if not 0 < strength <= 1:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    if int(steps * strength) < 1:
+        raise InputError(
+            f"{steps} steps at strength {strength} run no denoising step "
+            f"(int(steps·strength) = 0); use more steps or strength 1"
+        )
+
+
 def make_scheduler(kind: str = "ddim", config: dict | None = None):
     """DDIM with the DESIGN §3 schedule, or DPM-Solver++ (2nd order) on the same betas."""
     ddim = DDIMScheduler.from_config(config) if config else DDIMScheduler(**SCHEDULE)
@@ -432,13 +444,7 @@ class MoebiusInpaintPipeline:
             raise InputError(f"category must be background or foreground, got {category!r}")
         if output_type not in ("pil", "np"):
             raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
-        if not 0 < strength <= 1:
-            raise InputError(f"strength must be in (0, 1], got {strength}")
-        if int(num_inference_steps * strength) < 1:
-            raise InputError(
-                f"{num_inference_steps} steps at strength {strength} run no denoising step "
-                f"(int(steps·strength) = 0); use more steps or strength 1"
-            )
+        check_steps(num_inference_steps, strength)
         images = [image] if isinstance(image, Image.Image) else list(image)
         masks = [mask_image] if isinstance(mask_image, Image.Image) else list(mask_image)
         if len(images) != len(masks):

@@ -320,10 +320,10 @@ def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
         raise InputError(f"hole fill must be 'original' or 'gray', got {cfg.hole_fill!r}")
     if cfg.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    if cfg.predictions is None and int(cfg.steps * cfg.strength) < 1:
-        raise InputError(
-            f"{cfg.steps} steps at strength {cfg.strength} run no denoising step; use more --steps"
-        )
+    if cfg.predictions is None:  # fail before any file is written
+        from moebius.pipeline import check_steps
+
+        check_steps(cfg.steps, cfg.strength)
     images = list_images(cfg.images, cfg.limit)
     masks = MaskSet(protocol, images, cfg.masks, cfg.masks_white, cfg.seed)
     out = Path(cfg.out_dir)
