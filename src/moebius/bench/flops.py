@@ -6,7 +6,13 @@ Both count 2 FLOPs per multiply-add and only matrix products and convolutions
 """
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_convolution)
+def _mkldnn_convolution_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """The count for oneDNN's convolution, which :mod:`moebius.nn.onednn` calls directly."""
+    return conv_flop_count(x_shape, w_shape, out_shape)
 
 
 def measured_flops(fn, *args) -> int:

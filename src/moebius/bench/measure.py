@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from moebius.nn.onednn import linear
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -100,28 +102,15 @@ def peak_memory(fn, device: torch.device) -> int:
 def matmul_roofline(
     device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
 ) -> float:
-    """Achievable matrix-product throughput in FLOP/s: the fastest of ``repeats`` size³ products."""
+    """Achievable matrix-product throughput in FLOP/s: the fastest of ``repeats`` size³ products,
+    through ``@`` and through :func:`moebius.nn.onednn.linear` (on CPU in float32 the two reach
+    different GEMM libraries, MKL and oneDNN, and either may be the faster)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     timer = Timer(device)
+    best = float("inf")
     with torch.inference_mode():
-        timer(lambda: a @ b)
-        seconds = min(timer(lambda: a @ b) for _ in range(repeats))  # best: the ceiling
-    return 2 * size**3 / seconds
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the system.
-
-    Large tensors are otherwise mmap'ed and unmapped on every call, and the page faults
-    of re-mapping them cost several times the arithmetic of a memory-bound op. Returns
-    whether the setting took (False off glibc).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(
-        libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-    )
+        for product in (lambda: a @ b, lambda: linear(a, b)):
+            timer(product)
+            best = min(best, *(timer(product) for _ in range(repeats)))  # best: the ceiling
+    return 2 * size**3 / best

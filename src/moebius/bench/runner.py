@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from moebius.allocator import keep_freed_memory
 from moebius.bench.flops import measured_flops, student_flops
 from moebius.bench.measure import (
     Timer,
-    keep_freed_memory,
     matmul_roofline,
     peak_memory,
     summarize,
@@ -50,7 +50,7 @@ class BenchSettings:
     accuracy: bool = True
     threads: int | None = None
     roofline_size: int = 2048
-    keep_freed_memory: bool = False  # CPU: see measure.keep_freed_memory
+    keep_freed_memory: bool = False  # CPU: see moebius.allocator
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

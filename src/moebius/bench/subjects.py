@@ -5,7 +5,8 @@
 * ``pixelhacker``: the teacher, when its preset builds.
 * ``sd15-inpaint``: a Stable-Diffusion-1.5-inpainting-shaped diffusers
   ``UNet2DConditionModel`` (9 input channels, 768-d softmax cross-attention over
-  77 tokens), random weights: the paper's "SD" row.
+  77 tokens), random weights, its Linear layers on the same GEMM as ours: the paper's
+  "SD" row.
 * ``sd-tiny``: the same family at toy width, for tests.
 """
 
@@ -74,7 +75,14 @@ def _params(module: nn.Module) -> int:
 def _sd(config: dict, device: torch.device) -> Subject:
     from diffusers import UNet2DConditionModel
 
+    from moebius.nn.onednn import Linear
+
     unet = UNet2DConditionModel(**config).eval().to(device)
+    for module in unet.modules():
+        if type(module) is nn.Linear:
+            # Our models' projections run on oneDNN's GEMM (moebius.nn.onednn); give the
+            # baseline the same, so that its ratios compare architectures, not GEMM libraries.
+            module.__class__ = Linear
     width = config["cross_attention_dim"]
 
     def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -119,12 +119,15 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from moebius.allocator import keep_freed_memory
     from moebius.errors import InputError
     from moebius.eval.protocols import ALL_METRICS, get_protocol
     from moebius.eval.runner import EvalConfig, evaluate
 
     protocol = get_protocol(args.protocol)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else ALL_METRICS
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")

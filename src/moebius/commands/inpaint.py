@@ -167,6 +167,7 @@ def _load_pipeline(args: argparse.Namespace):
     import torch
     from diffusers.utils import logging as diffusers_logging
 
+    from moebius.allocator import keep_freed_memory
     from moebius.pipeline import MoebiusInpaintPipeline
 
     diffusers_logging.set_verbosity_error()  # its load-time advice is not for our users
@@ -175,6 +176,8 @@ def _load_pipeline(args: argparse.Namespace):
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu" and dtype == torch.float16:
         raise InputError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
+    if device.type == "cpu":
+        keep_freed_memory()
     model = args.model
     if model == "auto":
         from moebius.weights import default_model

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.nn.gla import gated_linear_attention
+from moebius.nn.onednn import Linear
 
 
 class CrossAttention(nn.Module):
@@ -18,10 +19,10 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int, context_dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.to_q = nn.Linear(channels, channels, bias=False)
-        self.to_k = nn.Linear(context_dim, channels, bias=False)
-        self.to_v = nn.Linear(context_dim, channels, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+        self.to_q = Linear(channels, channels, bias=False)
+        self.to_k = Linear(context_dim, channels, bias=False)
+        self.to_v = Linear(context_dim, channels, bias=False)
+        self.to_out = nn.ModuleList([Linear(channels, channels)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         def split(t: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,7 @@ class GEGLU(nn.Module):
 
     def __init__(self, channels: int, inner: int):
         super().__init__()
-        self.proj = nn.Linear(channels, 2 * inner)
+        self.proj = Linear(channels, 2 * inner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
@@ -51,7 +52,7 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = mult * channels
         self.net = nn.ModuleList(
-            [GEGLU(channels, inner), nn.Dropout(dropout), nn.Linear(inner, channels)]
+            [GEGLU(channels, inner), nn.Dropout(dropout), Linear(inner, channels)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,15 +101,15 @@ class GatedLinearAttention(nn.Module):
             raise ValueError(f"GLA widths {key_dim}/{value_dim} do not split into {heads} heads")
         self.heads = heads
         self.gate_logit_normalizer = gate_logit_normalizer
-        self.q_proj = nn.Linear(channels, key_dim, bias=False)
-        self.k_proj = nn.Linear(channels, key_dim, bias=False)
-        self.v_proj = nn.Linear(channels, value_dim, bias=False)
-        self.g_proj = nn.Linear(channels, value_dim, bias=False)
+        self.q_proj = Linear(channels, key_dim, bias=False)
+        self.k_proj = Linear(channels, key_dim, bias=False)
+        self.v_proj = Linear(channels, value_dim, bias=False)
+        self.g_proj = Linear(channels, value_dim, bias=False)
         self.gk_proj = nn.Sequential(
-            nn.Linear(channels, gate_low_rank_dim, bias=False),
-            nn.Linear(gate_low_rank_dim, key_dim),
+            Linear(channels, gate_low_rank_dim, bias=False),
+            Linear(gate_low_rank_dim, key_dim),
         )
-        self.o_proj = nn.Linear(value_dim, channels, bias=False)
+        self.o_proj = Linear(value_dim, channels, bias=False)
         self.g_norm_swish_gate = RMSNormSwishGate(value_dim // heads, norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

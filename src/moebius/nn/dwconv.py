@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.nn.fusion import fold_batchnorm, group_norm
+from moebius.nn.onednn import conv2d
 
 
 class DWConv(nn.Module):
@@ -36,7 +37,7 @@ class DWConv(nn.Module):
         self.residual = in_channels == out_channels if residual is None else residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.bn2(self.conv_pw(F.relu(self.bn1(self.conv_dw(x)))))
+        h = self.bn2(conv2d(F.relu(self.bn1(self.conv_dw(x))), self.conv_pw))
         return x + h if self.residual else h
 
     def fuse_batchnorm(self) -> None:
@@ -69,5 +70,5 @@ class DWResBlock(nn.Module):
         h = self.conv1(F.silu(group_norm(x, self.norm1)))
         h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(F.silu(group_norm(h, self.norm2)))
-        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        shortcut = x if self.conv_shortcut is None else conv2d(x, self.conv_shortcut)
         return shortcut + h

@@ -9,8 +9,9 @@ speed-ups against it or to debug.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from moebius.nn.onednn import linear
 
 
 @torch.no_grad()
@@ -44,8 +45,7 @@ def is_plain(model: nn.Module) -> bool:
 
 def pointwise(tokens: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
     """A 1×1 conv (or Linear) applied to (..., C) tokens as a matrix product."""
-    weight = conv.weight.reshape(conv.weight.shape[0], -1)
-    return F.linear(tokens, weight, conv.bias)
+    return linear(tokens, conv.weight.reshape(conv.weight.shape[0], -1), conv.bias)
 
 
 def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
+from moebius.nn.onednn import linear
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -116,8 +117,9 @@ class LocalLambda(nn.Module):
         wide = width + 2 * pad
         q = F.pad(q.reshape(b, height, width, -1), (0, 0, 0, 2 * pad))
         q = q.reshape(b, height * wide, self.heads, self.dim_k)
-        y = torch.matmul(q, shared[:, None]).to(q.dtype)  # (B, n', heads, v)
-        taps = torch.matmul(q, self.pos_conv.weight.reshape(self.dim_k, r * r).to(q.dtype))
+        y = torch.bmm(q.reshape(b, -1, self.dim_k), shared.to(q.dtype))
+        y = y.reshape(b, height * wide, self.heads, self.dim_v)
+        taps = linear(q, self.pos_conv.weight.reshape(self.dim_k, r * r).t().to(q.dtype))
         values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad))
         values = F.pad(values.reshape(b, -1), (0, r * self.dim_v)).to(y.dtype)
         for i in range(b):

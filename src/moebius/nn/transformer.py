@@ -5,6 +5,7 @@ from torch import nn
 
 from moebius.nn.fusion import group_norm
 from moebius.nn.lambda_block import map_to_tokens, tokens_to_map
+from moebius.nn.onednn import conv2d
 
 
 class Transformer2D(nn.Module):
@@ -19,7 +20,7 @@ class Transformer2D(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         size = (x.shape[2], x.shape[3])
-        tokens = map_to_tokens(self.proj_in(group_norm(x, self.norm)))
+        tokens = map_to_tokens(conv2d(group_norm(x, self.norm), self.proj_in))
         for block in self.transformer_blocks:
             tokens = block(tokens, context, size)
-        return x + self.proj_out(tokens_to_map(tokens, size))
+        return x + conv2d(tokens_to_map(tokens, size), self.proj_out)
