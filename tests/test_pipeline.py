@@ -219,6 +219,27 @@ def test_cfg_is_one_2b_batch_per_step(pipe):
         handle.remove()
 
 
+def test_bfloat16_runs_under_autocast_close_to_float32():
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 40))
+    reference = MoebiusInpaintPipeline(tiny_model(), tiny_vae())
+    low = MoebiusInpaintPipeline(tiny_model(), tiny_vae()).to(dtype=torch.bfloat16)
+    for p in (reference, low):
+        p.set_progress_bar_config(disable=True)
+    autocast_seen = []
+    handle = low.model.register_forward_pre_hook(
+        lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu"))
+    )
+    try:
+        out = low(image, mask, num_inference_steps=4, generator=0).images[0]
+    finally:
+        handle.remove()
+    ref = reference(image, mask, num_inference_steps=4, generator=0).images[0]
+    assert autocast_seen and all(autocast_seen)
+    assert low.dtype == torch.bfloat16
+    difference = np.abs(np.asarray(out, np.float32) - np.asarray(ref, np.float32))
+    assert 0 < difference.mean() < 2.0  # of 255: bfloat16 rounding, not a different image
+
+
 def unchanged_outside_blur(inp: np.ndarray, out: np.ndarray, mask: Image.Image) -> bool:
     blur = np.asarray(mask.filter(ImageFilter.GaussianBlur(3)))
     far = blur == 0

@@ -366,12 +366,20 @@ class MoebiusInpaintPipeline:
             ids = category_ids(category, batch, device)
         copies = 2 if cfg else 1
         condition = torch.cat([latent_mask, masked_latents], dim=1).repeat(copies, 1, 1, 1)
+        # Reduced-precision weights run under autocast, whose policy keeps the ops that need
+        # it (norms, softmax) in float32: as accurate as plain bfloat16, and faster on CPU.
+        autocast = torch.autocast(
+            device.type,
+            dtype=self.dtype,
+            enabled=self.dtype != torch.float32 and device.type in ("cpu", "cuda"),
+        )
 
         for i, t in enumerate(timesteps):
             scaled = self.scheduler.scale_model_input(latents, t)
             x = torch.cat([scaled.repeat(copies, 1, 1, 1), condition], dim=1)
             # one timestep for the whole batch, shape (1,), exactly as the authors call the model
-            eps = self.model(x.to(self.dtype), t.reshape(1), ids).sample.float()
+            with autocast:
+                eps = self.model(x.to(self.dtype), t.reshape(1), ids).sample.float()
             if cfg:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)

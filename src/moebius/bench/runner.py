@@ -74,7 +74,7 @@ class Benchmark:
         self.device = torch.device(settings.device)
         self.timer = Timer(self.device)
         self.notes: list[str] = []
-        self._compiled: dict[str, Callable] = {}
+        self._compiled: dict[tuple, Callable] = {}
 
     def _subjects(self) -> list[Subject]:
         subjects = []
@@ -90,12 +90,13 @@ class Benchmark:
         return subjects
 
     def _runner(self, subject: Subject, x, t, dtype, mode) -> Callable[[], torch.Tensor]:
-        step = subject.step
+        step = subject.step(dtype)
         if mode == "compile":
-            if subject.label not in self._compiled:
+            key = (subject.label, dtype)
+            if key not in self._compiled:
                 _allow_recompiles()
-                self._compiled[subject.label] = torch.compile(subject.step)
-            step = self._compiled[subject.label]
+                self._compiled[key] = torch.compile(step)
+            step = self._compiled[key]
 
         def run():
             with torch.inference_mode(), _autocast(self.device, dtype):
@@ -105,7 +106,7 @@ class Benchmark:
 
     def _flops(self, subject: Subject, x, t) -> dict:
         """FLOPs of this variant's forward (counted) and, for students, the closed form."""
-        counted = measured_flops(subject.step, x, t)
+        counted = measured_flops(subject.step(), x, t)
         out = {"flops": counted}
         if subject.student_config is not None:
             b, _, h, w = x.shape
@@ -215,6 +216,7 @@ class Benchmark:
         from moebius.pipeline import make_scheduler
 
         steps = self.settings.steps
+        step = subject.step(dtype)
         scheduler = make_scheduler("ddim")
         scheduler.set_timesteps(steps)
         _, _, height, width = image.shape
@@ -231,7 +233,7 @@ class Benchmark:
             latent = torch.randn_like(masked)
             for t in scheduler.timesteps:
                 x = torch.cat([latent, mask, masked], dim=1).repeat(2, 1, 1, 1)
-                eps = subject.step(x, t.to(self.device).expand(2)).float()
+                eps = step(x, t.to(self.device).expand(2)).float()
                 eps = eps[0:1] + 2.5 * (eps[1:2] - eps[0:1])
                 latent = scheduler.step(eps, t, latent).prev_sample
             synchronize(self.device)
@@ -275,11 +277,11 @@ class Benchmark:
                 ]
         try:
             with torch.inference_mode():
-                subject.step(x, t)  # warm
+                subject.step()(x, t)  # warm
                 spent.clear()
                 synchronize(self.device)
                 start = time.perf_counter()
-                subject.step(x, t)
+                subject.step()(x, t)
                 synchronize(self.device)
                 total = time.perf_counter() - start
         finally:
@@ -312,9 +314,9 @@ class Benchmark:
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
         with torch.inference_mode():
-            subject.step(x, t)
+            subject.step()(x, t)
             with profile(activities=activities) as prof:
-                subject.step(x, t)
+                subject.step()(x, t)
                 synchronize(self.device)
         attr = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
@@ -344,7 +346,7 @@ class Benchmark:
 
         def predict(latent_input, timesteps, dtype):
             with torch.inference_mode(), _autocast(self.device, dtype):
-                return subject.step(latent_input, timesteps).float()
+                return subject.step(dtype)(latent_input, timesteps).float()
 
         ref, got = predict(x, t, torch.float32), predict(x, t, DTYPES[low])
         out = {

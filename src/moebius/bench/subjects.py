@@ -12,7 +12,7 @@
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,24 +34,38 @@ SD_TINY["up_block_types"] = ("UpBlock2D", "CrossAttnUpBlock2D")
 SD_TOKENS = 77
 
 
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class Subject:
-    """One benchmarked network: ``step(x, t)`` runs one denoiser call on x (B, 9, h, w)."""
+    """One benchmarked network; ``step(dtype)(x, t)`` runs one denoiser call on x (B, 9, h, w)."""
 
     name: str
     variant: str
     module: nn.Module
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    make_step: Callable[[nn.Module], Step]
     params: int
     role: str  # "student", "teacher" or "baseline": what the headline ratios compare
     student_config: object = None  # set for students: enables the closed-form FLOP count
+    _steps: dict = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
         return self.name if self.variant == "default" else f"{self.name} [{self.variant}]"
 
+    def step(self, dtype: torch.dtype = torch.float32) -> Step:
+        """The step on weights stored in ``dtype``: for reduced precision a cast copy, made
+        once, as ``moebius inpaint --dtype`` loads the model (run it under autocast)."""
+        if dtype not in self._steps:
+            module = self.module
+            if dtype != torch.float32:
+                module = copy.deepcopy(module).to(dtype)
+            self._steps[dtype] = self.make_step(module)
+        return self._steps[dtype]
 
-def _lcg_step(model: nn.Module) -> Callable:
+
+def _lcg_step(model: nn.Module) -> Step:
     from moebius.models.lcg import category_ids
 
     def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -72,7 +86,7 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _sd(config: dict, device: torch.device) -> Subject:
+def _sd(config: dict, device: torch.device) -> nn.Module:
     from diffusers import UNet2DConditionModel
 
     from moebius.nn.onednn import Linear
@@ -83,13 +97,17 @@ def _sd(config: dict, device: torch.device) -> Subject:
             # Our models' projections run on oneDNN's GEMM (moebius.nn.onednn); give the
             # baseline the same, so that its ratios compare architectures, not GEMM libraries.
             module.__class__ = Linear
-    width = config["cross_attention_dim"]
+    return unet
+
+
+def _sd_step(unet: nn.Module) -> Step:
+    width = unet.config.cross_attention_dim
 
     def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         context = torch.zeros(x.shape[0], SD_TOKENS, width, device=x.device, dtype=x.dtype)
         return unet(x, t, encoder_hidden_states=context).sample
 
-    return unet, step
+    return step
 
 
 def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject]:
@@ -99,8 +117,8 @@ def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject
     from moebius.nn.fusion import set_plain
 
     if name in ("sd15-inpaint", "sd-tiny"):
-        unet, step = _sd(SD15_INPAINT if name == "sd15-inpaint" else SD_TINY, device)
-        return [Subject(name, "default", unet, step, _params(unet), "baseline")]
+        unet = _sd(SD15_INPAINT if name == "sd15-inpaint" else SD_TINY, device)
+        return [Subject(name, "default", unet, _sd_step, _params(unet), "baseline")]
     try:
         model = moebius.build_model(name).eval()
     except MoebiusError as exc:
@@ -110,12 +128,11 @@ def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject
     if model.config.model_type == "moebius":
         if plain:
             reference = set_plain(copy.deepcopy(model), True).to(device)
-            step = _lcg_step(reference)
-            subjects.append(Subject(name, "plain", reference, step, params, "student"))
+            subjects.append(Subject(name, "plain", reference, _lcg_step, params, "student"))
         model.fuse()
     model.to(device)
     role = "student" if model.config.model_type == "moebius" else "teacher"
-    subjects.insert(0, Subject(name, "default", model, _lcg_step(model), params, role))
+    subjects.insert(0, Subject(name, "default", model, _lcg_step, params, role))
     if model.config.model_type == "moebius":
         for subject in subjects:
             subject.student_config = model.config

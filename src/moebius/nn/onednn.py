@@ -5,8 +5,9 @@ half of oneDNN's speed on CPUs MKL has no tuned path for (a 2-core AMD EPYC: abo
 200 against 480 GFLOP/s), and sends 1×1 convolutions of small batches on one thread
 to a slow fallback. These functions call oneDNN's convolution instead: a matrix
 product is a 1×1 convolution over the rows seen as a channels-last (1, C, N, 1) map.
-Results equal the usual ops to float32 rounding. Other devices and dtypes, and
-anything under autocast (whose casting the usual ops do), take the usual ops.
+Results equal the usual ops to float32 rounding. Other devices and dtypes, anything
+under autocast (whose casting the usual ops do) and code being traced by
+``torch.compile`` (which picks its own kernels) take the usual ops.
 """
 
 import torch
@@ -20,6 +21,7 @@ def _use_onednn(x: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
     )
 
 
