@@ -69,6 +69,9 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
                 moebius.build_model(tiny_config_path).config, h // 8, w // 8, row["batch"]
             )
     assert set(report["roofline_flops_per_s"]) == {"float32", "bfloat16"}
+    for dtype, rates in report["roofline_by_engine_flops_per_s"].items():
+        assert set(rates) == {"matmul", "onednn"}
+        assert report["roofline_flops_per_s"][dtype] == max(rates.values())
     ratios = {(r["ratio"], r["batch"], r["dtype"]) for r in report["ratios"]}
     assert ("student/sd-tiny", 2, "float32") in ratios
     assert ("default/plain", 1, "float32") in ratios

@@ -99,18 +99,19 @@ def peak_memory(fn, device: torch.device) -> int:
     return max(peak, _rss_bytes()) - before
 
 
-def matmul_roofline(
+def matmul_rooflines(
     device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
-) -> float:
-    """Achievable matrix-product throughput in FLOP/s: the fastest of ``repeats`` size³ products,
-    through ``@`` and through :func:`moebius.nn.onednn.linear` (on CPU in float32 the two reach
-    different GEMM libraries, MKL and oneDNN, and either may be the faster)."""
+) -> dict[str, float]:
+    """Matrix-product throughput in FLOP/s, the fastest of ``repeats`` size³ products, through
+    ``@`` ("matmul") and through :func:`moebius.nn.onednn.linear` ("onednn"): on CPU in float32
+    the two reach different GEMM libraries (MKL and oneDNN), and either may be the faster."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     timer = Timer(device)
-    best = float("inf")
+    rates = {}
     with torch.inference_mode():
-        for product in (lambda: a @ b, lambda: linear(a, b)):
+        for name, product in (("matmul", lambda: a @ b), ("onednn", lambda: linear(a, b))):
             timer(product)
-            best = min(best, *(timer(product) for _ in range(repeats)))  # best: the ceiling
-    return 2 * size**3 / best
+            seconds = min(timer(product) for _ in range(repeats))  # best: the ceiling
+            rates[name] = 2 * size**3 / seconds
+    return rates

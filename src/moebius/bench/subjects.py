@@ -88,8 +88,11 @@ def _params(module: nn.Module) -> int:
 
 def _sd(config: dict, device: torch.device) -> nn.Module:
     from diffusers import UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
 
     from moebius.nn.onednn import Linear
+
+    diffusers_logging.set_verbosity_error()  # its advice on casting is for pretrained weights
 
     unet = UNet2DConditionModel(**config).eval().to(device)
     for module in unet.modules():
