@@ -192,6 +192,17 @@ def test_bad_usage(model_dir, tmp_path, capsys):
     photo(64, 64).save(tmp_path / "in.png")
     code = inpaint(model_dir, tmp_path / "in.png", tmp_path / "in.png", "-o", tmp_path / "o.xyz")
     assert code == 2 and "unknown image extension" in capsys.readouterr().err
+    code = inpaint(
+        model_dir,
+        tmp_path / "in.png",
+        tmp_path / "in.png",
+        "-o",
+        tmp_path / "o.png",
+        "--threads",
+        "0",
+    )
+    assert code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_missing_weights_are_a_clear_error(tmp_path, capsys, monkeypatch):

@@ -64,6 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto"
     )
     model.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the networks (default: PyTorch's, usually one per core)",
+    )
+    model.add_argument(
         "--dtype",
         default="float32",
         choices=DTYPES,
@@ -156,9 +161,9 @@ def _check_args(args: argparse.Namespace) -> str:
         raise InputError("the single form needs IMAGE, MASK and -o OUT")
     if batch and (args.images is None or args.masks is None or args.out is None):
         raise InputError("the batch form needs --images, --masks and --out")
-    positive = {"--steps": args.steps, "--batch-size": args.batch_size}
+    positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--threads": args.threads}
     for flag, value in positive.items():
-        if value < 1:
+        if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
     if not 0 < args.strength <= 1:
         raise InputError(f"--strength must be in (0, 1], got {args.strength}")
@@ -184,6 +189,8 @@ def _load_pipeline(args: argparse.Namespace):
         raise InputError("--dtype float16 needs a GPU; use float32 or bfloat16 on the CPU")
     if device.type == "cpu":
         keep_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = args.model
     if model == "auto":
         from moebius.weights import default_model
