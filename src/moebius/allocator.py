@@ -7,8 +7,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the system.
 
     Large tensors are otherwise mmap'ed and unmapped on every call, and the page faults
-    of re-mapping them cost several times the arithmetic of a memory-bound op (a 512²
-    student step on 2 CPU threads runs about 1.25× faster with this). The setting is
+    of re-mapping them cost several times the arithmetic of a memory-bound op
+    (``moebius bench --system-allocator`` measures the difference). The setting is
     process-wide, and the process keeps its peak memory until it exits. Returns whether
     the setting took (False off glibc).
     """
