@@ -85,6 +85,18 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
     assert {"LocalLambda", "InteractiveLambda", "MixFFN", "DWResBlock"} <= {
         r["module"] for r in plain_profile
     }
+    local = report["local_lambda"][str(tiny_config_path)]
+    assert local["size"] == [128, 128]
+    config = moebius.build_model(tiny_config_path).config
+    assert [r["channels"] for r in local["rows"]] == list(config.block_out_channels)
+    assert [r["size"] for r in local["rows"]] == [[16, 16], [8, 8], [4, 4]]
+    for r in local["rows"]:
+        assert r["plain_ms"] > 0 and r["default_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["default_ms"] / r["plain_ms"])
+        n, c, k = r["size"][0] * r["size"][1], r["channels"], r["channels"] // config.heads
+        projections = 2 * r["batch"] * n * c * (c + 2 * k)  # to_q, to_k, to_v
+        assert r["plain_flops"] > projections and r["default_flops"] > projections
+    assert "## Local-λ, two exact ways" in (out / "bench.md").read_text()
     assert report["accuracy"][0]["dtype"] == "bfloat16"
     assert report["accuracy"][0]["latent_max_abs"] >= 0
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

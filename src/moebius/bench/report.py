@@ -184,6 +184,25 @@ def markdown(report: dict) -> str:
         ]
         for r in prof["rows"]:
             lines.append(f"| {r['module']} | {r['ms']:.1f} | {100 * r['share']:.0f}% |")
+    for name, variants in report.get("local_lambda", {}).items():
+        w, h = variants["size"]
+        lines += [
+            "",
+            f"## Local-λ, two exact ways: {name} at {w}x{h}, batch 2, float32",
+            "",
+            "Plain: every value channel convolved with the r×r kernel bank, then the queries "
+            "applied. Default: the queries contracted with the kernel bank first.",
+            "",
+            "| level | channels | latent | plain ms | default ms | default/plain "
+            "| plain GFLOP | default GFLOP |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in variants["rows"]:
+            lines.append(
+                f"| {r['level']} | {r['channels']} | {r['size'][0]}x{r['size'][1]} "
+                f"| {r['plain_ms']:.1f} | {r['default_ms']:.1f} | {r['ratio']:.2f} "
+                f"| {r['plain_flops'] / 1e9:.2f} | {r['default_flops'] / 1e9:.2f} |"
+            )
     for a in report.get("accuracy", []):
         lines += [
             "",

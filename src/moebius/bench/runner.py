@@ -2,11 +2,13 @@
 a per-module profile and the bfloat16 error, all in one process."""
 
 import contextlib
+import copy
 import json
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -335,6 +337,45 @@ class Benchmark:
         rows.append({"module": "total", "ms": total / 1000, "share": 1.0})
         return rows
 
+    def local_lambda(self, config, size: tuple[int, int], batch: int = 2) -> list[dict]:
+        """The two exact ways to compute Local-λ, per UNet level, in one interleaved run: the
+        plain path convolves every value channel with the r×r kernel bank, (E_i ∗ V_j), then
+        applies the queries; the default path contracts the queries with the kernel bank
+        first, Σ_Δ (Σ_i Q_i E_i(Δ)) V(n + Δ) (float32, random weights)."""
+        from moebius.nn.lambda_layers import LocalLambda
+
+        width, height = size
+        rows = []
+        for level, channels in enumerate(config.block_out_channels):
+            h, w = height // 8 // 2**level, width // 8 // 2**level
+            plain = LocalLambda(channels, config.heads, config.local_receptive_field).eval()
+            plain.plain = True
+            fast = copy.deepcopy(plain)
+            fast.plain = False
+            fast.fuse_batchnorm()
+            plain.to(self.device)
+            fast.to(self.device)
+            x = torch.randn(batch, channels, h, w, device=self.device)
+            tokens = x.flatten(2).transpose(1, 2).contiguous()
+            runs = {
+                "plain": partial(plain, x),
+                "default": partial(fast.forward_tokens, tokens, (h, w)),
+            }
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            with torch.inference_mode():
+                for run in runs.values():
+                    run()
+                for _ in range(self.settings.repeats):
+                    for name, run in runs.items():
+                        times[name].append(self.timer(run))
+            row = {"level": level, "channels": channels, "size": [w, h], "batch": batch}
+            for name, run in runs.items():
+                row[f"{name}_ms"] = summarize(times[name])["median_ms"]
+                row[f"{name}_flops"] = measured_flops(run)
+            row["ratio"] = row["default_ms"] / row["plain_ms"]
+            rows.append(row)
+        return rows
+
     def accuracy(self, subject: Subject, size: tuple[int, int], low: str) -> dict:
         """Reduced-precision error against float32: one noise prediction and an N-step latent."""
         from moebius.pipeline import make_scheduler
@@ -428,6 +469,15 @@ class Benchmark:
                     else self.op_profile(subject, profile_size)
                 )
                 report["profile"][subject.label] = {"size": list(profile_size), "rows": rows}
+        report["local_lambda"] = {}
+        if s.profile:
+            students = {x.name: x.student_config for x in subjects if x.student_config}
+            for name, config in students.items():
+                self.log(f"Local-λ variants of {name} at {profile_size}")
+                report["local_lambda"][name] = {
+                    "size": list(profile_size),
+                    "rows": self.local_lambda(config, profile_size),
+                }
         report["accuracy"] = []
         low = [d for d in s.dtypes if d != "float32"]
         if s.accuracy and low:
