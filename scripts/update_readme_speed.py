@@ -220,6 +220,15 @@ def _notes(side: dict, growth: dict) -> list[str]:
             + " and ".join(pipeline[STUDENT])
             + (f" ({'; '.join(others)})." if others else ".")
         )
+    local = side.get("local_lambda", {}).get(STUDENT)
+    if local:
+        ratios = " / ".join(f"{r['ratio']:.2f}" for r in local["rows"])
+        lines.append(
+            "For Local-λ's 15×15 positional lambdas, contracting the queries with the kernel "
+            f"bank first takes {ratios} of the time of convolving the values first (levels "
+            f"{' / '.join(str(r['level']) for r in local['rows'])}, batch "
+            f"{local['rows'][0]['batch']}, float32), so the default path does that."
+        )
     for a in side.get("accuracy", []):
         lines.append(
             f"{a['dtype']} error against float32: {a['eps_mean_abs']:.4f} mean / "

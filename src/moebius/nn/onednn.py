@@ -26,8 +26,13 @@ def _use_onednn(x: torch.Tensor) -> bool:
 
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)``, through oneDNN when ``x`` is a float32 channels-last map on CPU."""
-    if not (_use_onednn(x) and x.is_contiguous(memory_format=torch.channels_last)):
+    """``conv(x)``, through oneDNN for a 1×1 conv on a float32 channels-last map on CPU
+    (PyTorch already sends larger kernels to oneDNN, and picks better for depthwise ones)."""
+    if not (
+        conv.kernel_size == (1, 1)
+        and _use_onednn(x)
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
         return conv(x)
     return torch.ops.aten.mkldnn_convolution(
         x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
