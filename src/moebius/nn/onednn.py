@@ -1,9 +1,9 @@
 """Matrix products and convolutions sent to oneDNN directly on CPU in float32.
 
-PyTorch sends float32 matrix products on CPU to MKL, whose GEMM runs at well under
-half of oneDNN's speed on CPUs MKL has no tuned path for (on a 2-core AMD EPYC, 215
-against 441 GFLOP/s: docs/bench/student-growth), and sends 1×1 convolutions of small batches on one thread
-to a slow fallback. These functions call oneDNN's convolution instead: a matrix
+PyTorch sends float32 matrix products on CPU to MKL, whose GEMM runs at about half of
+oneDNN's speed on CPUs MKL has no tuned path for (on a 2-core AMD EPYC, 210 against
+436 GFLOP/s: docs/bench/student-growth), and sends 1×1 convolutions of small batches
+on one thread to a slow fallback. These functions call oneDNN's convolution instead: a matrix
 product is a 1×1 convolution over the rows seen as a channels-last (1, C, N, 1) map.
 Results equal the usual ops to float32 rounding. Other devices and dtypes, anything
 under autocast (whose casting the usual ops do) and code being traced by
