@@ -139,6 +139,15 @@ class Benchmark:
                         )
         return results
 
+    def _in_turns(self, runs: list[Callable]) -> list[list[float]]:
+        """``repeats`` timings of each run, taken in turns (A B C A B C …) so that machine
+        load hits all of them alike."""
+        times: list[list[float]] = [[] for _ in runs]
+        for _ in range(self.settings.repeats):
+            for run, runs_s in zip(runs, times, strict=True):
+                runs_s.append(self.timer(run))
+        return times
+
     def _group(self, subjects, x, t, size, dtype_name, dtype, mode, roofline, flop_cache):
         """One (size, batch, dtype, mode) cell: warm every subject, then time them in turns."""
         s = self.settings
@@ -168,12 +177,9 @@ class Benchmark:
                 continue
             row["status"] = "ok"
             live.append((subject, row, run))
-        times = {id(row): [] for _, row, _ in live}
-        for _ in range(s.repeats):
-            for _, row, run in live:
-                times[id(row)].append(self.timer(run))
-        for subject, row, run in live:
-            row["latency"] = summarize(times[id(row)])
+        times = self._in_turns([run for _, _, run in live])
+        for (subject, row, run), runs_s in zip(live, times, strict=True):
+            row["latency"] = summarize(runs_s)
             key = (subject.label, size, x.shape[0])
             if key not in flop_cache:
                 flop_cache[key] = self._flops(subject, x, t)
@@ -361,16 +367,13 @@ class Benchmark:
                 "plain": partial(plain, x),
                 "default": partial(fast.forward_tokens, tokens, (h, w)),
             }
-            times: dict[str, list[float]] = {name: [] for name in runs}
             with torch.inference_mode():
                 for run in runs.values():
                     run()
-                for _ in range(self.settings.repeats):
-                    for name, run in runs.items():
-                        times[name].append(self.timer(run))
+                times = self._in_turns(list(runs.values()))
             row = {"level": level, "channels": channels, "size": [w, h], "batch": batch}
-            for name, run in runs.items():
-                row[f"{name}_ms"] = summarize(times[name])["median_ms"]
+            for (name, run), runs_s in zip(runs.items(), times, strict=True):
+                row[f"{name}_ms"] = summarize(runs_s)["median_ms"]
                 row[f"{name}_flops"] = measured_flops(run)
             row["ratio"] = row["default_ms"] / row["plain_ms"]
             rows.append(row)
