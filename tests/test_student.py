@@ -206,7 +206,7 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from moebius.models.checkpoint import atomic_write
+    from moebius.files import atomic_write
 
     mask = os.umask(0o022)
     try:

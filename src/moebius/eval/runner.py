@@ -15,7 +15,7 @@ Layout of ``out_dir``::
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from moebius.errors import InputError
-from moebius.eval.data import IMAGE_EXTENSIONS, MaskSet, list_images, prepare_image
+from moebius.eval.data import MaskSet, list_images, prepare_image
 from moebius.eval.protocols import ALL_METRICS, Protocol, get_protocol
 from moebius.eval.report import json_safe, write_contact_sheet, write_json, write_markdown
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
+from moebius.image_io import IMAGE_EXTENSIONS
+from moebius.settings import InpaintSettings, Strategy, item_seed
+from moebius.work import chunks, pending
 
 # below this many images FID is noticeably biased upwards (Chong & Forsyth 2020; Heusel et al.)
 FID_MIN_IMAGES = 2_000
@@ -46,10 +49,7 @@ class EvalConfig:
     limit: int | None = None
     seed: int = 0
     batch_size: int = 4
-    steps: int = 20
-    guidance_scale: float = 2.5
-    strength: float = 0.99
-    category: str = "background"
+    settings: InpaintSettings = field(default_factory=InpaintSettings)  # strategy: original
     hole_fill: str = "original"  # what the model sees inside the hole: "original" or "gray"
     lpips_net: str = "alex"
     metrics: tuple[str, ...] = ALL_METRICS
@@ -86,23 +86,18 @@ def run_inference(
 ) -> int:
     """Write ``predictions/<stem>.png`` for every image; returns how many were newly made.
 
-    Batches are fixed chunks of the image list and chunk k is seeded with ``seed + k·batch``, so
-    a resumed run (which redoes any incomplete chunk whole) writes exactly what an uninterrupted
-    run would, for the same batch size.
-    """
+    Each image's noise comes from its own seed, derived from the run's seed and the image's
+    name (:func:`moebius.settings.item_seed`); batches are fixed chunks of the sorted list and a
+    chunk with any prediction missing is redone whole, so a resumed run writes exactly what an
+    uninterrupted one would."""
     out = Path(cfg.out_dir)
-    device = pipeline.device
-    made = 0
-    size = cfg.batch_size
-    chunks = [range(i, min(i + size, len(images))) for i in range(0, len(images), size)]
-
-    def done(chunk: range) -> bool:
-        return all((out / "predictions" / f"{images[i].stem}.png").is_file() for i in chunk)
-
-    todo = [chunk for chunk in chunks if not done(chunk)]
-    if len(todo) < len(chunks):
-        print(f"resuming: {len(chunks) - len(todo)} of {len(chunks)} batches already done")
+    work = chunks(len(images), cfg.batch_size)
+    todo = pending(work, lambda i: _prediction_path(out, images[i]).is_file())
+    if len(todo) < len(work):
+        print(f"resuming: {len(work) - len(todo)} of {len(work)} batches already done")
+    settings = replace(cfg.settings, strategy=Strategy.ORIGINAL)
     pipeline.set_progress_bar_config(disable=True)
+    made = 0
     for chunk in tqdm(todo, desc="inpainting", unit="batch"):
         inputs, mask_images = [], []
         for i in chunk:
@@ -111,21 +106,16 @@ def run_inference(
                 image = _masked_input(image, mask)
             inputs.append(Image.fromarray(image))
             mask_images.append(Image.fromarray(mask * 255))
-        generator = torch.Generator(device).manual_seed(cfg.seed + chunk[0])
-        result = pipeline(
-            image=inputs,
-            mask_image=mask_images,
-            num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-            strength=cfg.strength,
-            category=cfg.category,
-            generator=generator,
-            strategy="original",
-        )
+        seeds = [item_seed(cfg.seed, images[i].stem) for i in chunk]
+        result = pipeline(inputs, mask_images, settings=settings, generator=seeds)
         for i, prediction in zip(chunk, result.images, strict=True):
-            _save_png(out / "predictions" / f"{images[i].stem}.png", np.asarray(prediction))
+            _save_png(_prediction_path(out, images[i]), np.asarray(prediction))
             made += 1
     return made
+
+
+def _prediction_path(out: Path, image: Path) -> Path:
+    return out / "predictions" / f"{image.stem}.png"
 
 
 def _find_prediction(directory: Path, stem: str) -> Path:
@@ -321,9 +311,7 @@ def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
     if cfg.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     if cfg.predictions is None:  # fail before any file is written
-        from moebius.pipeline import check_steps
-
-        check_steps(cfg.steps, cfg.strength)
+        cfg.settings.validate()
     images = list_images(cfg.images, cfg.limit)
     masks = MaskSet(protocol, images, cfg.masks, cfg.masks_white, cfg.seed)
     out = Path(cfg.out_dir)
@@ -342,13 +330,11 @@ def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
         predictions = out / "predictions"
         made = run_inference(pipeline, cfg, images, masks, protocol.resolution)
         inference = {
-            "steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-            "strength": cfg.strength,
-            "category": cfg.category,
+            "settings": {**cfg.settings.to_dict(), "seed": cfg.seed},
             "hole_fill": cfg.hole_fill,
             "batch_size": cfg.batch_size,
-            "seed_rule": "batch k (fixed chunks of the sorted list) uses seed + k*batch_size",
+            "seed_rule": "each image's noise is seeded with item_seed(seed, image stem); "
+            "batches are fixed chunks of the sorted image list",
             "newly_inpainted": made,
             "device": str(pipeline.device),
             "dtype": str(pipeline.dtype),
@@ -383,13 +369,8 @@ def _check_same_settings(path: Path, cfg: EvalConfig, masks: MaskSet) -> None:
     if cfg.predictions is None:
         settings.update(
             model=cfg.model_name,
-            seed=cfg.seed,
-            steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-            strength=cfg.strength,
-            category=cfg.category,
+            **{**cfg.settings.to_dict(), "seed": cfg.seed},
             hole_fill=cfg.hole_fill,
-            batch_size=cfg.batch_size,
         )
     if path.is_file():
         previous = json.loads(path.read_text())

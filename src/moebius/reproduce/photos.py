@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 
 
 @dataclass(frozen=True)

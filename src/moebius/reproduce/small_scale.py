@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 
 IMAGE_SIZE = 128
 STUDENT_CONFIG = {
@@ -285,7 +285,7 @@ def _inpaint(pipe, images, masks, cfg: RecipeConfig) -> list[np.ndarray]:
 def _eps_error(pipe, images, masks, timesteps: list[int]) -> float:
     """MSE between predicted and true noise on held-out latents, mean over fixed timesteps."""
     from moebius.models.lcg import category_ids
-    from moebius.train.losses import scaled_linear_alphas_cumprod
+    from moebius.sampling import NoiseSchedule
 
     vae, model = pipe.vae, pipe.model
     sf = vae.config.scaling_factor
@@ -294,14 +294,13 @@ def _eps_error(pipe, images, masks, timesteps: list[int]) -> float:
     latents = vae.encode(x).latent_dist.mode() * sf
     masked = vae.encode(x * (1 - m)).latent_dist.mode() * sf
     mask_lat = torch.nn.functional.interpolate(m, size=latents.shape[2:], mode="nearest")
-    alphas = scaled_linear_alphas_cumprod()
+    schedule = NoiseSchedule()
     generator = torch.Generator().manual_seed(0)
     ids = category_ids("background", len(images))
     errors = []
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
-        a = alphas[t]
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        noisy = schedule.add_noise(latents, noise, t)
         eps = model(torch.cat([noisy, mask_lat, masked], 1), t, ids).sample
         errors.append(float((eps - noise).square().mean()))
     return float(np.mean(errors))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 
 SMALL_VAE = {
     "in_channels": 3,
