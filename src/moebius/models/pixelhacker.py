@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
+from moebius.models.authors_args import latent_size, one_per_model, read_authors_args
 from moebius.models.outputs import ModelOutput
 from moebius.nn import Downsample, TimestepEmbedding, Transformer2D, Upsample
 from moebius.nn.attention import GLATransformerBlock
@@ -56,7 +57,6 @@ _FIXED_AUTHORS_ARGS = {
     "mid_block_only_cross_attention": None,
     "cross_attention_norm": None,
     "use_gated_cross_attn": False,
-    # diffusers turns a given encoder_hid_dim without a type into this Linear projection.
     "encoder_hid_dim_type": "text_proj",
 }
 # Arguments without effect here (no class or addition embedding is built).
@@ -131,28 +131,17 @@ class PixelHackerConfig:
     @classmethod
     def from_authors_dict(cls, document: dict) -> "PixelHackerConfig":
         """The authors' diffusers-style constructor arguments (``PixelHacker(**model_config)``)."""
-        fields = {}
-        for key, value in document.items():
-            if key.startswith("_") or key in _IGNORED_AUTHORS_ARGS:
-                continue
-            if key == "encoder_hid_dim_type" and value is None:
-                continue
-            if key in _FIXED_AUTHORS_ARGS:
-                if value != _FIXED_AUTHORS_ARGS[key]:
-                    raise ConfigError(
-                        f"PixelHacker option {key}={value!r} is not supported "
-                        f"(only {_FIXED_AUTHORS_ARGS[key]!r})"
-                    )
-                continue
-            key = _RENAMED_AUTHORS_ARGS.get(key, key)
-            if key not in cls.__dataclass_fields__ or key == "model_type":
-                raise ConfigError(f"unknown PixelHacker option {key!r}")
-            fields[key] = value
-        heads = fields.get("heads", 8)
-        if isinstance(heads, (list, tuple)) and len(set(heads)) == 1:
-            fields["heads"] = heads = heads[0]
-        if not isinstance(heads, int):
-            raise ConfigError(f"PixelHacker needs one head count for all levels, got {heads!r}")
+        # diffusers turns a given encoder_hid_dim without a type into the text_proj Linear.
+        hid_type = document.get("encoder_hid_dim_type") or "text_proj"
+        fields = read_authors_args(
+            {**document, "encoder_hid_dim_type": hid_type},
+            "PixelHacker",
+            set(cls.__dataclass_fields__) - {"model_type"},
+            _FIXED_AUTHORS_ARGS,
+            _IGNORED_AUTHORS_ARGS,
+            _RENAMED_AUTHORS_ARGS,
+        )
+        one_per_model(fields, "heads", "PixelHacker")
         if fields.get("encoder_hid_dim", 3072) is None:
             raise ConfigError("PixelHacker needs encoder_hid_dim (the LCG embedding width)")
         return cls(**fields)
@@ -161,10 +150,7 @@ class PixelHackerConfig:
     def from_authors_yaml(cls, document: dict) -> "PixelHackerConfig":
         """The authors' training YAML: ``model`` holds constructor arguments (diffusers
         defaults for the rest), ``data.image_size`` / the VAE factor is the latent size."""
-        latent = document["data"]["image_size"] // document.get("vae", {}).get(
-            "downsample_ratio", 8
-        )
-        return cls.from_authors_dict({**document["model"], "sample_size": latent})
+        return cls.from_authors_dict({**document["model"], "sample_size": latent_size(document)})
 
 
 def _transformer(cfg: PixelHackerConfig, channels: int) -> Transformer2D:
