@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ import moebius
 from moebius.cli import main as cli_main
 from moebius.errors import ConfigError
 from moebius.models.checkpoint import load_state_dict_strict
-from moebius.models.registry import CONFIG_DIR, resolve_config
-from moebius.nn.lambda_layers import InteractiveLambda, resample_position_table
+from moebius.models.registry import CONFIG_DIR, PRESETS, resolve_config
+from moebius.nn.lambda_layers import InteractiveLambda, LocalLambda, resample_position_table
+from moebius.weights import BUNDLED
 
 
 def _fixture_model(tiny_config_path, tiny_state_dict):
@@ -147,6 +149,35 @@ def test_interactive_lambda_matches_literal_formula():
             lam = lam + torch.einsum("mk,bvm->bkv", layer.rel_pos_emb[n, :, :, 0], v)
             expected[..., n] = torch.einsum("bhk,bkv->bhv", q[..., n], lam)
     assert torch.allclose(y, expected.reshape(2, 16, 4, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize("channels,heads", [(30, 8), (16, 0)])
+def test_lambda_layers_need_channels_divisible_by_heads(channels, heads):
+    message = f"{channels} channels and {heads} heads"
+    with pytest.raises(ConfigError, match=message):
+        LocalLambda(channels, heads)
+    with pytest.raises(ConfigError, match=message):
+        InteractiveLambda(channels, context_dim=12, context_tokens=10, positions=16, heads=heads)
+
+
+@pytest.mark.parametrize("field", [14, 0, -3])
+def test_local_lambda_needs_an_odd_receptive_field(field):
+    with pytest.raises(ConfigError, match=f"positive odd number, got {field}"):
+        LocalLambda(16, 2, receptive_field=field)
+
+
+def test_bad_lambda_settings_in_a_config_are_config_errors(tiny_config_path):
+    config = resolve_config(tiny_config_path)
+    with pytest.raises(ConfigError, match="32 channels and 6 heads"):
+        moebius.build_model(replace(config, heads=6))
+    with pytest.raises(ConfigError, match="receptive field"):
+        moebius.build_model(replace(config, local_receptive_field=8))
+
+
+def test_every_bundled_config_builds(tiny_config_path):
+    with torch.device("meta"):
+        for config in (*PRESETS, tiny_config_path, BUNDLED["moebius-demo"] / "model"):
+            moebius.build_model(config)
 
 
 def test_save_and_from_pretrained_round_trip(
