@@ -1,5 +1,6 @@
 """MoebiusInpaintPipeline against an independent, plainly written copy of the authors' inference
-(DESIGN §2–3), plus real-photo strategies and loading from every supported layout."""
+(their preprocessing, VAE posterior samples, DDIM with classifier-free guidance over the two LCG
+categories, paste-back), plus real-photo strategies and loading from every supported layout."""
 
 import json
 import warnings
@@ -55,7 +56,9 @@ def reference_inpaint(
     cond_ids=tuple(range(0, 10)),
     size: int = 64,
 ):
-    """The authors' algorithm written out once, straight from DESIGN §2–3."""
+    """The authors' algorithm written out once: short side resized to ``size`` and floored to
+    multiples of 64, both latents sampled from the VAE posterior, noise with an offset, the
+    foreground ids as the unconditional branch, DDIM on the SD-1.x training schedule."""
     torch.manual_seed(0)
     mask = mask.point(lambda v: 0 if v < 128 else 255, "L")
     w, h = image.size
