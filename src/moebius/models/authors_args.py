@@ -10,6 +10,48 @@ from typing import Any
 
 from moebius.errors import ConfigError
 
+# diffusers UNet2DConditionModel arguments that both networks implement at this value only.
+_UNET_FIXED_ARGS = {
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "only_cross_attention": False,
+    "downsample_padding": 1,
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "transformer_layers_per_block": 1,
+    "reverse_transformer_layers_per_block": None,
+    "num_attention_heads": None,
+    "dual_cross_attention": False,
+    "use_linear_projection": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "num_class_embeds": None,
+    "upcast_attention": False,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "attention_type": "default",
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "cross_attention_norm": None,
+    "encoder_hid_dim_type": "text_proj",
+}
+# Arguments without effect in both: no class or addition embedding is built.
+_UNET_IGNORED_ARGS = {
+    "model_type",
+    "projection_class_embeddings_input_dim",
+    "addition_embed_type_num_heads",
+}
+# diffusers' attention_head_dim is the number of heads (a naming quirk of theirs).
+_RENAMED_ARGS = {"attention_head_dim": "heads", "num_embeddings": "num_categories"}
+
 
 def _comparable(value: Any) -> Any:
     # YAML and JSON give lists where the defaults are tuples.
@@ -22,16 +64,17 @@ def read_authors_args(
     fields: Collection[str],
     fixed: Mapping[str, Any],
     ignored: Collection[str] = (),
-    renamed: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Our config fields from the constructor arguments in ``document``.
 
-    Keys starting with ``_`` (diffusers' bookkeeping such as ``_class_name``) and ``ignored``
-    keys are skipped; a ``fixed`` key must hold the one value our network implements;
-    ``renamed`` maps their names to ours; every other key must be one of ``fields``.
-    ``family`` names the model in error messages.
+    Keys starting with ``_`` (diffusers' bookkeeping such as ``_class_name``) and ignored keys
+    (those without effect in both networks, plus ``ignored``) are skipped; a key that both
+    networks, or this one (``fixed``), implement at one value only must hold that value;
+    ``attention_head_dim`` and ``num_embeddings`` become ``heads`` and ``num_categories``;
+    every other key must be one of ``fields``. ``family`` names the model in error messages.
     """
-    renamed = renamed or {}
+    fixed = {**_UNET_FIXED_ARGS, **fixed}
+    ignored = {*_UNET_IGNORED_ARGS, *ignored}
     result = {}
     for key, value in document.items():
         if key.startswith("_") or key in ignored:
@@ -42,7 +85,7 @@ def read_authors_args(
                     f"{family} option {key}={value!r} is not supported (only {fixed[key]!r})"
                 )
             continue
-        key = renamed.get(key, key)
+        key = _RENAMED_ARGS.get(key, key)
         if key not in fields:
             raise ConfigError(f"unknown {family} option {key!r}")
         result[key] = value

@@ -23,54 +23,17 @@ from moebius.nn.lambda_block import LambdaBlock
 AUTHORS_MODEL_TYPE = "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x8"
 AUTHORS_DOWN_BLOCK, AUTHORS_UP_BLOCK = "DWMixTFDownBlock2D", "DWMixTFUpBlock2D"
 
-# Constructor arguments of the authors' student (a diffusers UNet2DConditionModel subclass)
-# that this network implements at one value only.
+# Constructor arguments the student implements at one value only, besides those both networks
+# fix (moebius.models.authors_args).
 _FIXED_AUTHORS_ARGS = {
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
     "mid_block_type": None,
-    "only_cross_attention": False,
-    "downsample_padding": 1,
-    "dropout": 0.0,
-    "act_fn": "silu",
     "norm_eps": 1e-5,
-    "transformer_layers_per_block": 1,
-    "reverse_transformer_layers_per_block": None,
-    "num_attention_heads": None,
-    "dual_cross_attention": False,
-    "use_linear_projection": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
-    "encoder_hid_dim_type": "text_proj",
     "use_lambda_cross_attn": True,
     "use_local_self_attn": True,
 }
-# Arguments without effect: no class or addition embedding and no mid block is built, and the
-# authors' code passes the MixFFN ratio on to no block (it is always 2.5 there).
-_IGNORED_AUTHORS_ARGS = {
-    "model_type",
-    "projection_class_embeddings_input_dim",
-    "addition_embed_type_num_heads",
-    "mid_block_scale_factor",
-    "mix_mlp_ratio",
-}
-_RENAMED_AUTHORS_ARGS = {"attention_head_dim": "heads", "num_embeddings": "num_categories"}
+# Without effect here: there is no mid block, and the authors' code passes the MixFFN ratio on
+# to no block (it is always 2.5 there).
+_IGNORED_AUTHORS_ARGS = {"mid_block_scale_factor", "mix_mlp_ratio"}
 _AUTHORS_FIELDS = {
     "in_channels",
     "out_channels",
@@ -85,6 +48,7 @@ _AUTHORS_FIELDS = {
     "conv_in_kernel",
     "conv_out_kernel",
 }
+# Fields that must be positive integers (block_out_channels: each width).
 _COUNTS = _AUTHORS_FIELDS - {"block_out_channels"} | {"context_tokens", "local_receptive_field"}
 
 
@@ -150,7 +114,6 @@ class MoebiusConfig:
             _AUTHORS_FIELDS,
             _FIXED_AUTHORS_ARGS,
             _IGNORED_AUTHORS_ARGS,
-            _RENAMED_AUTHORS_ARGS,
         )
         for key in ("heads", "layers_per_block", "cross_attention_dim"):
             one_per_model(fields, key, "Moebius")

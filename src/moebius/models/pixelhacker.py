@@ -23,49 +23,13 @@ from moebius.nn.resnet import ResnetBlock
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
 
-# diffusers UNet2DConditionModel arguments this network implements only at one value.
+# Constructor arguments the teacher implements at one value only, besides those both networks
+# fix (moebius.models.authors_args).
 _FIXED_AUTHORS_ARGS = {
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
     "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "only_cross_attention": False,
-    "downsample_padding": 1,
     "mid_block_scale_factor": 1,
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "transformer_layers_per_block": 1,
-    "reverse_transformer_layers_per_block": None,
-    "num_attention_heads": None,
-    "dual_cross_attention": False,
-    "use_linear_projection": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
     "use_gated_cross_attn": False,
-    "encoder_hid_dim_type": "text_proj",
 }
-# Arguments without effect here (no class or addition embedding is built).
-_IGNORED_AUTHORS_ARGS = {
-    "projection_class_embeddings_input_dim",
-    "addition_embed_type_num_heads",
-    "model_type",
-}
-_RENAMED_AUTHORS_ARGS = {"attention_head_dim": "heads", "num_embeddings": "num_categories"}
 _DIFFUSERS_DEFAULTS = {  # UNet2DConditionModel defaults the authors' YAML relies on
     "block_out_channels": (320, 640, 1280, 1280),
     "down_block_types": (CROSS_DOWN, CROSS_DOWN, CROSS_DOWN, PLAIN_DOWN),
@@ -138,8 +102,6 @@ class PixelHackerConfig:
             "PixelHacker",
             set(cls.__dataclass_fields__) - {"model_type"},
             _FIXED_AUTHORS_ARGS,
-            _IGNORED_AUTHORS_ARGS,
-            _RENAMED_AUTHORS_ARGS,
         )
         one_per_model(fields, "heads", "PixelHacker")
         if fields.get("encoder_hid_dim", 3072) is None:
