@@ -1,4 +1,4 @@
-"""The distillation objective (DESIGN §6): task, fine KD, coarse KD and latent perceptual
+"""The paper's distillation objective: task, fine KD, coarse KD and latent perceptual
 losses, combined with the authors' gradient-norm adaptive weights.
 
     L = 0.01·L_C + w_C · (0.5·L_task + 0.01·w_F·L_F + 0.5·w_P·L_P)

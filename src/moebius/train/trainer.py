@@ -1,6 +1,6 @@
 """The distillation trainer: one process or many (torchrun + DDP), resumable bit-exactly.
 
-Per optimisation step and micro-batch (DESIGN §6):
+Per optimisation step and micro-batch, as the paper distils (in latent space only):
 1. latents — from the cache, or by encoding image and masked image with the VAE — drawn as
    posterior samples ``(mean + std·ε)·0.13025``;
 2. t = floor(1000·sigmoid(z)), noise = ε + 0.0357·ε' (ε' per sample and channel), x_t;
@@ -155,7 +155,7 @@ def _find_param(model: nn.Module, name: str) -> nn.Parameter:
 
 def _default_feature_param(student: nn.Module, block: int) -> str:
     """``proj_out`` of the last transformer of the level whose output is distilled: for the
-    paper's block 2 that is the last transformer of down level 2 (DESIGN §6)."""
+    paper's block 2 (coarse KD at 16×16) that is the last transformer of down level 2."""
     try:
         down = student.diff_model.down_blocks
         kind, index = (
