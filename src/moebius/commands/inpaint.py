@@ -175,10 +175,11 @@ def _run_single(args: argparse.Namespace, settings, runtime) -> int:
     start = time.perf_counter()
     pipe = _load_pipeline(args, runtime)
     pipe.set_progress_bar_config(disable=args.quiet)
-    (result,) = _inpaint(pipe, settings.with_seed(), [image], [mask], [str(args.image)])
+    settings = settings.with_seed()
+    (result,) = _inpaint(pipe, settings, [image], [mask], [str(args.image)])
     _write(result, output, fmt)
     if not args.quiet:
-        print(f"wrote {output} ({time.perf_counter() - start:.1f} s)")
+        print(f"wrote {output} (seed {settings.seed}, {time.perf_counter() - start:.1f} s)")
     return 0
 
 
