@@ -54,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="Hub repo id (hustvl/Moebius, hustvl/PixelHacker: downloaded when online), a folder "
         "in the authors' layout (Moebius/<variant>/ + vae/), a folder written by "
-        "MoebiusInpaintPipeline.save_pretrained, or moebius-demo (the small bundled model). "
-        "Default 'auto': the official weights (from the Hugging Face cache, or downloaded when "
-        "online), else moebius-demo",
+        "MoebiusInpaintPipeline.save_pretrained, moebius-demo (the small bundled model), or "
+        "opencv-telea / opencv-ns (OpenCV's classical fills: instant, no weights). Default "
+        "'auto': the official weights (from the Hugging Face cache, or downloaded when online), "
+        "else moebius-demo",
     )
     model.add_argument(
         "--variant",
@@ -106,27 +107,12 @@ def _check_args(args: argparse.Namespace) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, runtime):
-    from diffusers.utils import logging as diffusers_logging
+    from moebius.loading import load_pipeline
 
-    from moebius.pipeline import MoebiusInpaintPipeline
+    def note(text: str) -> None:
+        print(f"moebius inpaint: note: {text}", file=sys.stderr)
 
-    diffusers_logging.set_verbosity_error()  # its load-time advice is not for our users
-    model = args.model
-    if model == "auto":
-        from moebius.weights import default_model
-
-        model, note = default_model(args.variant)
-        if note:
-            print(f"moebius inpaint: note: {note}", file=sys.stderr)
-    pipe = MoebiusInpaintPipeline.from_pretrained(
-        model,
-        variant=args.variant,
-        model_config=args.model_config,
-        device=runtime.device,
-        dtype=runtime.dtype,
-    )
-    pipe.enable_vae_tiling()
-    pipe.enable_vae_slicing()
+    _, pipe = load_pipeline(args.model, args.variant, args.model_config, runtime, note)
     return pipe
 
 
