@@ -16,6 +16,7 @@ COMMANDS = [
     "moebius.commands.distill",
     "moebius.commands.cache_latents",
     "moebius.commands.reproduce",
+    "moebius.commands.serve",
 ]
 
 

@@ -1,0 +1,183 @@
+"""The API's documented shapes. The settings part is derived from
+:meth:`InpaintSettings.describe`, so names, types, defaults, bounds and help are written once
+(in :mod:`moebius.settings`); requests are validated by :meth:`InpaintSettings.from_mapping`,
+with the same rules and messages as the command line."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from moebius.settings import InpaintSettings
+
+_TYPES = {"int": int, "float": float, "bool": bool}
+
+
+def _setting_field(row: dict[str, Any]) -> tuple[Any, Any]:
+    kind = Literal[tuple(row["choices"])] if row["type"] == "choice" else _TYPES[row["type"]]
+    if row["nullable"]:
+        kind = kind | None
+    return kind, Field(
+        row["default"], description=row["help"], ge=row.get("low"), le=row.get("high")
+    )
+
+
+SettingsModel = create_model(
+    "Settings",
+    __doc__="Inpainting settings; every one is optional and defaults as shown.",
+    **{row["name"]: _setting_field(row) for row in InpaintSettings.describe()},
+)
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="stable machine-readable code, e.g. queue_full")
+    detail: str = Field(description="one-line explanation")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    queues: dict[str, dict[str, Any]] = Field(description="per worker lane: waiting, running")
+    store: dict[str, int] = Field(description="uploads and results kept: images, bytes")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str] = Field(description="model name → loading, ready or failed")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: Literal["diffusion", "classical"]
+    description: str
+    state: Literal["loading", "ready", "failed"]
+    error: str | None = None
+    default: bool = Field(description="used when a request names no model")
+    image_size: int | None = Field(description="working size in pixels (null while loading)")
+    settings: list[str] = Field(description="the settings that change this model's result")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class SettingDescription(BaseModel):
+    name: str
+    type: Literal["int", "float", "bool", "choice"]
+    default: Any
+    help: str
+    nullable: bool
+    choices: list[str] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+
+
+class SettingsSchema(BaseModel):
+    settings: list[SettingDescription]
+
+
+class ImageInfo(BaseModel):
+    id: str = Field(description="pass as image_id to /v1/jobs or /v1/inpaint")
+    width: int
+    height: int
+
+
+class JobCreated(BaseModel):
+    id: str
+    state: str
+    position: int | None = Field(description="place in the queue, 1 = next")
+
+
+class JobStatus(BaseModel):
+    id: str
+    model: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    position: int | None = Field(description="place in the queue while queued, 1 = next")
+    step: int = Field(description="denoising steps finished")
+    steps: int = Field(description="denoising steps in all")
+    cancelling: bool = Field(description="a cancel was asked for and takes effect at the next step")
+    created: float = Field(description="Unix time")
+    started: float | None
+    finished: float | None
+    settings: SettingsModel = Field(description="what the job runs with, its seed included")
+    image_id: str | None = Field(
+        description="when done: the result, kept like an upload, to edit further as image_id"
+    )
+    width: int | None = None
+    height: int | None = None
+    timings: dict[str, float] = Field(description="seconds per phase")
+    warnings: list[str]
+    error: ErrorBody | None = None
+
+
+class InpaintResult(BaseModel):
+    image: str = Field(description="the result as a base64 PNG")
+    width: int
+    height: int
+    model: str
+    seed: int
+    settings: SettingsModel
+    timings: dict[str, float]
+    warnings: list[str]
+
+
+def _settings_properties() -> dict[str, Any]:
+    return SettingsModel.model_json_schema()["properties"]
+
+
+_MODEL_FIELD = {"type": "string", "description": "a name from /v1/models (default: the default)"}
+_IMAGE_ID_FIELD = {
+    "type": "string",
+    "description": "an id from POST /v1/images or a finished job, instead of an image upload",
+}
+
+
+def inpaint_request_body() -> dict[str, Any]:
+    """The OpenAPI request body of /v1/inpaint and /v1/jobs: multipart files or base64 JSON,
+    with the settings as fields."""
+    settings = _settings_properties()
+    binary = {"type": "string", "format": "binary"}
+    base64 = {"type": "string", "contentEncoding": "base64"}
+    multipart = {
+        "type": "object",
+        "properties": {
+            "image": binary | {"description": "the photo (or give image_id)"},
+            "mask": binary | {"description": "white = repaint, or the opaque part of a PNG"},
+            "image_id": _IMAGE_ID_FIELD,
+            "model": _MODEL_FIELD,
+            **settings,
+        },
+        "required": ["mask"],
+    }
+    json_body = {
+        "type": "object",
+        "properties": {
+            "image": base64 | {"description": "the photo file, base64 (or a data: URL)"},
+            "mask": base64 | {"description": "the mask file, base64 (or a data: URL)"},
+            "image_id": _IMAGE_ID_FIELD,
+            "model": _MODEL_FIELD,
+            **settings,
+        },
+        "required": ["mask"],
+    }
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": multipart},
+            "application/json": {"schema": json_body},
+        },
+    }
+
+
+def image_upload_body() -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
