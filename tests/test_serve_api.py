@@ -292,6 +292,31 @@ def test_uploaded_image_is_sent_once(client):
     )
 
 
+def test_kept_images_are_bounded_in_bytes_and_time(make_client):
+    one = SIZE[0] * SIZE[1] * 3  # an upload is kept decoded, as RGB
+    client = make_client(store_bytes=int(2.5 * one))
+
+    def upload() -> str:
+        return client.post("/v1/images", files={"image": ("p.png", png(photo()))}).json()["id"]
+
+    def kept(image_id: str) -> bool:
+        return client.get(f"/v1/images/{image_id}").status_code == 200
+
+    first, second = upload(), upload()
+    assert kept(first)  # now the most recently used
+    third = upload()
+    assert kept(first) and kept(third) and not kept(second)
+    assert client.get("/healthz").json()["store"] == {"images": 2, "bytes": 2 * one}
+
+    brief = make_client(keep_seconds=0.3)
+    image = brief.post("/v1/images", files={"image": ("p.png", png(photo()))}).json()["id"]
+    job = brief.post("/v1/jobs", files=files(), data={"model": "opencv-telea"}).json()
+    assert events_of(brief, job["id"])[-1][0] == "done"
+    time.sleep(0.5)
+    assert brief.get(f"/v1/images/{image}").status_code == 404
+    assert brief.get(f"/v1/jobs/{job['id']}").status_code == 404
+
+
 # ---------------------------------------------------------------------------- errors
 def error_of(response, status: int, code: str) -> str:
     assert response.status_code == status, response.text

@@ -63,6 +63,8 @@ def page(browser, server):
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     problems = []
+    page.requests = []  # (method, path) of every request the page makes
+    page.on("request", lambda request: page.requests.append((request.method, request.url)))
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
     page.on("console", lambda message: message.type == "error" and problems.append(message.text))
     page.goto(server.url)
@@ -194,6 +196,10 @@ def test_remove_an_object(page, rocket, tmp_path):
     )
     if os.environ.get("MOEBIUS_UPDATE_DOCS"):
         Image.open(io.BytesIO(screenshot)).convert("RGB").save(DOCS_SCREENSHOT, quality=88)
+
+    # the photo went to the server once; the run sent only the mask and named the photo
+    posts = [url.split("/", 3)[3] for method, url in page.requests if method == "POST"]
+    assert posts == ["v1/images", "v1/jobs"], posts
 
     page.keyboard.press("?")
     assert page.locator("#help-dialog").is_visible()

@@ -105,6 +105,18 @@ def test_load_50_requests_from_8_clients(server):
     assert "Traceback" not in server.output
 
 
+def test_a_client_that_goes_away_cancels_its_job(server):
+    files, fields = request_files(0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.url}/v1/inpaint", files=files, data=fields | {"steps": "1000"}, timeout=3
+        )
+    deadline = time.monotonic() + 30  # it stops at the next step once the server notices
+    while httpx.get(f"{server.url}/healthz").json()["queues"]["diffusion"]["running"]:
+        assert time.monotonic() < deadline, "the abandoned job still runs"
+        time.sleep(0.2)
+
+
 def test_bad_options_are_one_line_errors(capsys):
     assert main(["serve", "--queue-size", "0"]) == 2
     assert "--queue-size must be positive" in capsys.readouterr().err

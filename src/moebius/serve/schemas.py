@@ -181,3 +181,42 @@ def image_upload_body() -> dict[str, Any]:
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
     }
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI responses for the error statuses a route can answer, each an ErrorBody."""
+    meaning = {
+        400: "undecodable image or malformed request",
+        403: "request from a foreign web page",
+        404: "no such job or image (or it expired)",
+        409: "the job is not done (still running, failed or cancelled)",
+        413: "request over the byte limit, or image over the pixel limit",
+        415: "not an image, or a body that is neither multipart nor JSON",
+        422: "invalid request: bad settings, unknown model, a mask of another size",
+        429: "queue full; see Retry-After",
+        500: "the job failed inside the server",
+        503: "the model is not loaded yet (see Retry-After) or failed to load",
+    }
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+RESULT_HEADERS = {
+    "X-Model": {"description": "the model that ran", "schema": {"type": "string"}},
+    "X-Seed": {"description": "the seed used (reuse it to repeat)", "schema": {"type": "integer"}},
+    "X-Warnings": {"description": "warnings, '; '-separated", "schema": {"type": "string"}},
+    "Server-Timing": {
+        "description": "time per phase in milliseconds, as name;dur=ms (queue, prepare, "
+        "encode, denoise, decode, paste, total, png)",
+        "schema": {"type": "string"},
+    },
+}
+# the 200 answer of the routes that return an inpainted image
+IMAGE_RESULT = {
+    200: {
+        "model": InpaintResult,
+        "description": "the result as PNG, or as JSON with a base64 PNG on Accept: "
+        "application/json",
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": RESULT_HEADERS,
+    }
+}
