@@ -16,6 +16,7 @@ from PIL import Image
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 START_TIMEOUT = 120  # seconds: imports and model loading on a busy 2-core machine
+DEMO_QUEUE = 4  # the queue of the shared demo server (conftest.demo_server)
 
 
 def png(image: Image.Image) -> bytes:

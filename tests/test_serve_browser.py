@@ -12,11 +12,11 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from helpers import far_from
 from PIL import Image
-from serving import serve
 from skimage import data
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -41,9 +41,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serve(tmp_path_factory.mktemp("serve"), "--model", "moebius-demo") as running:
-        yield running
+def server(demo_server):
+    return demo_server  # the bundled demo model, as a fresh clone serves it offline
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +226,22 @@ def check_wipe(page, screenshot, before, after, mask):
         to_own = np.abs(screen - own[ys, xs]).mean()
         to_other = np.abs(screen - other[ys, xs]).mean()
         assert to_own < to_other / 2, (to_own, to_other)
+
+
+def test_cancel_from_the_page(page, rocket, server):
+    open_photo(page, rocket, (640, 427))
+    page.fill("#setting-steps", "1000")
+    drag(page, [(TOWER_X, TOWER_TOP), (TOWER_X, TOWER_BOTTOM)])
+    page.click("#run")
+    wait_until(page, "Number(document.querySelector('#progress').dataset.step) >= 1")
+    page.keyboard.press("Escape")
+    assert page.locator("#progress").is_hidden()
+    assert page.locator("#status").inner_text() == "Cancelled."
+    deadline = time.monotonic() + 30  # the server stops it before its next step
+    while httpx.get(f"{server.url}/healthz").json()["queues"]["diffusion"]["running"]:
+        assert time.monotonic() < deadline, "the cancelled job still runs"
+        time.sleep(0.1)
+    assert page.locator("#history li").count() == 1
 
 
 def test_mask_tools(page, rocket):

@@ -151,9 +151,16 @@ class JobQueue:
         return job
 
     def get(self, job_id: str) -> Job | None:
+        """The job, unless unknown or finished longer than ``keep_seconds`` ago."""
         with self._lock:
-            self._prune()
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+            if job is not None and self._expired(job, time.time()):
+                del self._jobs[job_id]
+                return None
+            return job
+
+    def _expired(self, job: Job, now: float) -> bool:
+        return job.state in FINISHED and now - job.finished > self.keep_seconds
 
     def position(self, job: Job) -> int | None:
         """1 = next to run; None unless queued."""
@@ -300,7 +307,7 @@ class JobQueue:
     # ------------------------------------------------------------------ housekeeping
     def _prune(self) -> None:
         """Forget jobs finished longer than ``keep_seconds`` ago, and the oldest finished ones
-        beyond :data:`MAX_JOB_RECORDS`."""
+        beyond :data:`MAX_JOB_RECORDS` (on each submission, so records stay bounded)."""
         now = time.time()
         finished = sorted(
             (job for job in self._jobs.values() if job.state in FINISHED),
@@ -308,7 +315,7 @@ class JobQueue:
         )
         excess = len(self._jobs) - MAX_JOB_RECORDS
         for index, job in enumerate(finished):
-            if index < excess or now - job.finished > self.keep_seconds:
+            if index < excess or self._expired(job, now):
                 self._jobs.pop(job.id, None)
 
     def close(self, timeout: float = 10.0) -> None:

@@ -44,7 +44,7 @@ class ServedModel:
 
 
 def _baseline(name: str, default: bool = False) -> ServedModel:
-    method = {"telea": "Telea's fast marching", "ns": "Navier-Stokes"}[BASELINES[name]]
+    method = {"telea": "Telea (fast marching)", "ns": "Navier-Stokes"}[BASELINES[name]]
     return ServedModel(
         name,
         "classical",

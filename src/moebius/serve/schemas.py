@@ -133,31 +133,27 @@ _IMAGE_ID_FIELD = {
 def inpaint_request_body() -> dict[str, Any]:
     """The OpenAPI request body of /v1/inpaint and /v1/jobs: multipart files or base64 JSON,
     with the settings as fields."""
-    settings = _settings_properties()
+
+    def schema(encoding: dict[str, str], image: str, mask: str) -> dict[str, Any]:
+        properties = {
+            "image": encoding | {"description": image},
+            "mask": encoding | {"description": mask},
+            "image_id": _IMAGE_ID_FIELD,
+            "model": _MODEL_FIELD,
+            **_settings_properties(),
+        }
+        return {"type": "object", "properties": properties, "required": ["mask"]}
+
     binary = {"type": "string", "format": "binary"}
     base64 = {"type": "string", "contentEncoding": "base64"}
-    multipart = {
-        "type": "object",
-        "properties": {
-            "image": binary | {"description": "the photo (or give image_id)"},
-            "mask": binary | {"description": "white = repaint, or the opaque part of a PNG"},
-            "image_id": _IMAGE_ID_FIELD,
-            "model": _MODEL_FIELD,
-            **settings,
-        },
-        "required": ["mask"],
-    }
-    json_body = {
-        "type": "object",
-        "properties": {
-            "image": base64 | {"description": "the photo file, base64 (or a data: URL)"},
-            "mask": base64 | {"description": "the mask file, base64 (or a data: URL)"},
-            "image_id": _IMAGE_ID_FIELD,
-            "model": _MODEL_FIELD,
-            **settings,
-        },
-        "required": ["mask"],
-    }
+    multipart = schema(
+        binary, "the photo (or give image_id)", "white = repaint, or the opaque part of a PNG"
+    )
+    json_body = schema(
+        base64,
+        "the photo file, base64 (or a data: URL; or give image_id)",
+        "the mask file, base64 (or a data: URL)",
+    )
     return {
         "required": True,
         "content": {

@@ -181,18 +181,18 @@ export class Editor extends EventTarget {
   }
 
   undo() {
-    const entry = this.undoStack.pop();
-    if (!entry) return;
-    this.#apply(entry, false);
-    this.redoStack.push(entry);
-    this.#changed();
+    this.#travel(this.undoStack, this.redoStack, false);
   }
 
   redo() {
-    const entry = this.redoStack.pop();
+    this.#travel(this.redoStack, this.undoStack, true);
+  }
+
+  #travel(from, to, forward) {
+    const entry = from.pop();
     if (!entry) return;
-    this.#apply(entry, true);
-    this.undoStack.push(entry);
+    this.#apply(entry, forward);
+    to.push(entry);
     this.#changed();
   }
 

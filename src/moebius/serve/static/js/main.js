@@ -140,6 +140,7 @@ function stopJob() {
   if (!state.job) return;
   api.cancelJob(state.job.id).catch(() => {});
   endJob();
+  setStatus("Cancelled.");
 }
 
 async function run() {
@@ -152,7 +153,8 @@ async function run() {
   // leave the settings field, so that the shortcuts act on the picture again
   if (document.activeElement instanceof HTMLInputElement) document.activeElement.blur();
   $("#run").disabled = true;
-  showProgress("Uploading…", 0, 0, true);
+  setStatus("Removing… Esc cancels.");
+  showProgress("Sending the mask…", 0, 0, true);
   let created;
   try {
     created = await submit(version, await editor.maskBlob());

@@ -7,6 +7,12 @@ const STORAGE_KEY = "moebius.settings";
 const SEGMENTED_MAX = 3; // choices shown as buttons; more become a list
 const LABELS = { image_size: "Working size", noise_offset: "Noise offset", crop_padding: "Crop padding", resize_mask: "Resize a mask of another size" };
 
+const CHOICE_LABELS = { ddim: "DDIM", "dpm++": "DPM++" };
+
+function choiceLabel(choice) {
+  return CHOICE_LABELS[choice] ?? choice.charAt(0).toUpperCase() + choice.slice(1);
+}
+
 function label(name) {
   return LABELS[name] ?? name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
 }
@@ -48,7 +54,7 @@ export class SettingsPanel {
       const group = element("div", { class: "segmented", role: "radiogroup", "aria-label": label(row.name) });
       for (const choice of row.choices) {
         const input = element("input", { type: "radio", name: id, value: choice });
-        group.append(element("label", {}, [input, element("span", { text: choice })]));
+        group.append(element("label", {}, [input, element("span", { text: choiceLabel(choice) })]));
       }
       node.append(element("span", { class: "label", text: label(row.name) }, [help]), group);
       read = () => group.querySelector("input:checked")?.value ?? row.default;
@@ -56,7 +62,7 @@ export class SettingsPanel {
         for (const input of group.querySelectorAll("input")) input.checked = input.value === value;
       };
     } else if (row.type === "choice") {
-      const select = element("select", { id, name: row.name }, row.choices.map((c) => element("option", { value: c, text: c })));
+      const select = element("select", { id, name: row.name }, row.choices.map((c) => element("option", { value: c, text: choiceLabel(c) })));
       node.append(element("label", { for: id, text: label(row.name) }, [help]), select);
       read = () => select.value;
       write = (value) => (select.value = value);
