@@ -120,3 +120,9 @@ def test_bad_options_are_one_line_errors(capsys):
     assert "--queue-size must be positive" in capsys.readouterr().err
     assert main(["serve", "--cors-origin", "*"]) == 2
     assert "--cors-origin takes an origin" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_load_stops_the_server(tmp_path, capsys):
+    assert main(["serve", "--port", "0", "--model", str(tmp_path / "missing"), "-q"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("moebius serve: error: model not found")

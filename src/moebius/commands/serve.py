@@ -22,9 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="object-removal web app and REST API",
         description="Serve a browser UI at / and a REST API (documented at /docs) for "
         "inpainting. One model is loaded (the same rules as moebius inpaint) plus OpenCV's "
-        "opencv-telea and opencv-ns fills; jobs run one at a time per model, each user sees "
-        "only their own jobs. Without --host it listens on 127.0.0.1 only. There is no "
-        "authentication: on another address, anyone who can reach it can use it.",
+        "opencv-telea and opencv-ns fills; diffusion jobs run one at a time (the instant fills "
+        "in a queue of their own), and each user sees only their own jobs. Without --host it "
+        "listens on 127.0.0.1 only. There is no authentication: on another address, anyone "
+        "who can reach it can use it.",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
@@ -60,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--queue-size",
         type=int,
         default=defaults.queue_size,
-        help="jobs that may wait per model; more get 429 with Retry-After (default: %(default)d)",
+        help="jobs that may wait in each queue; more get 429 with Retry-After "
+        "(default: %(default)d)",
     )
     limits.add_argument(
         "--keep-minutes",

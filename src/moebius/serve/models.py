@@ -109,11 +109,12 @@ class ModelSet:
         try:
             name, pipeline = self.load()
         except BaseException as exc:
-            log.error("cannot load %s: %s", model.name, exc)
             with self._lock:
                 model.state, model.error = "failed", " ".join(str(exc).split())
             if self.on_failure is not None:
                 self.on_failure(exc)
+            else:
+                log.error("cannot load %s: %s", model.name, model.error)
             return
         with self._lock:
             model.name, model.pipeline, model.state = name, pipeline, "ready"
