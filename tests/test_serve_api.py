@@ -18,6 +18,7 @@ from PIL import Image
 from serving import png
 from skimage import data
 
+from moebius.errors import InputError
 from moebius.pipeline import MoebiusInpaintPipeline
 from moebius.serve.app import create_app
 from moebius.serve.config import ServeConfig
@@ -410,7 +411,7 @@ def test_bad_settings_use_the_command_lines_messages(client):
     detail = error_of(
         client.post("/v1/inpaint", files=files(), data={"steps": "0"}), 422, "invalid_settings"
     )
-    with pytest.raises(Exception) as expected:
+    with pytest.raises(InputError) as expected:
         InpaintSettings.from_mapping({"steps": "0"})
     assert detail == str(expected.value)
     error_of(
