@@ -89,6 +89,19 @@ def finish(job: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
             job.communicate()
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (torchrun's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (name) state ppid …"; the name may hold spaces, so split after its ")"
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # a process that just ended
+            continue
+    return sorted(found)
+
+
 def contents(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -111,9 +124,9 @@ def test_two_processes_write_what_one_does_and_a_killed_run_resumes_exactly_once
     job = torchrun(*inpaint_args(model_dir, folders, out))
     while job.poll() is None and not list(out.glob("p*.png")):
         time.sleep(0.005)
-    workers = Path(f"/proc/{job.pid}/task/{job.pid}/children").read_text().split()
+    workers = children(job.pid)
     assert len(workers) == 2, "the job ended before it could be killed"
-    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies; torchrun stops the other
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; torchrun stops the other
     finish(job, timeout=60)
     assert job.returncode != 0
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("p*.png")}
