@@ -4,7 +4,7 @@ import json
 
 from moebius.cli import main as cli_main
 from moebius.reproduce.photos import PHOTOS
-from moebius.reproduce.small_scale import RecipeConfig, run
+from moebius.reproduce.small_scale import RecipeConfig, run, stage_data
 
 
 def test_heldout_photos_are_never_trained_on():
@@ -61,3 +61,16 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
         ]
     )
     assert code == 0 and Image.open(tmp_path / "out.png").size == (96, 64)
+
+
+def test_an_interrupted_data_stage_redone_pairs_crops_with_the_same_masks(tmp_path):
+    cfg = RecipeConfig(out=str(tmp_path / "run"), heldout_count=3)
+    out = tmp_path / "run"
+    stage_data(cfg, out)
+    heldout = out / "data" / "heldout"
+    first = {p.name: p.read_bytes() for p in heldout.glob("*_mask.png")}
+    # Interrupted after the held-out files were written, before the stage was marked done.
+    (out / "data" / "result.json").unlink()
+    stage_data(cfg, out)
+    assert {p.name: p.read_bytes() for p in heldout.glob("*_mask.png")} == first
+    assert len(first) == 3 and len(set(first.values())) == 3

@@ -109,8 +109,10 @@ def stage_data(cfg: RecipeConfig, out: Path) -> dict:
     if (done := _stage_done(directory)) is not None:
         return done
     train = write_training_photos(directory / "train")
-    for name, crop in heldout_crops(cfg.heldout_count, IMAGE_SIZE, seed=1234):
-        mask = _mask_for(len(list((directory / "heldout").glob("*_mask.png"))), IMAGE_SIZE, 1234)
+    # Each crop's mask follows from its position alone, so an interrupted run redone pairs
+    # every crop with the same mask.
+    for index, (name, crop) in enumerate(heldout_crops(cfg.heldout_count, IMAGE_SIZE, seed=1234)):
+        mask = _mask_for(index, IMAGE_SIZE, 1234)
         for suffix, picture in (("", crop), ("_mask", Image.fromarray(mask * 255))):
             atomic_write(
                 directory / "heldout" / f"{name}{suffix}.png",
