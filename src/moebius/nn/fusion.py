@@ -11,7 +11,8 @@ speed-ups against it or to debug.
 import torch
 from torch import nn
 
-from moebius.nn.onednn import linear
+from moebius.nn.engines import linear
+from moebius.nn.kernels import ACTIVATIONS
 
 
 @torch.no_grad()
@@ -43,9 +44,15 @@ def is_plain(model: nn.Module) -> bool:
     return any(getattr(module, "plain", False) for module in model.modules())
 
 
-def pointwise(tokens: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
-    """A 1×1 conv (or Linear) applied to (..., C) tokens as a matrix product."""
-    return linear(tokens, conv.weight.reshape(conv.weight.shape[0], -1), conv.bias)
+def pointwise(
+    tokens: torch.Tensor,
+    conv: nn.Conv2d | nn.Linear,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``activation(conv(tokens)) + residual`` for a 1×1 conv (or Linear) on (..., C) tokens,
+    as one matrix product (see :func:`moebius.nn.engines.linear`)."""
+    return linear(tokens, conv.weight, conv.bias, activation=activation, residual=residual)
 
 
 def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -56,20 +63,36 @@ def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return torch.addcmul(norm.bias - norm.running_mean * scale, tokens, scale)
 
 
-def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``norm(x)``, computed with a two-pass variance when ``x`` is a channels-last map.
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = None) -> torch.Tensor:
+    """``activation(norm(x))``; for a channels-last map, in two passes with stable statistics.
 
     PyTorch's channels-last GroupNorm kernel on CPU uses E[x²] − E[x]², which loses
     most float32 digits when a group's mean is large against its spread (an offset
-    of 100 costs ~1e-2 absolute); centring first keeps it exact to rounding.
+    of 100 costs ~1e-2 absolute). Here the statistics come from Welford's update
+    (``torch.var_mean``), accumulated in float32 whatever the map's dtype; the map is
+    then read once more to write ``x·s + t`` in its own dtype (s, t per group and
+    channel, in float32), and the activation runs in place.
     """
     if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return norm(x)
+        y = norm(x)
+        return y if activation is None else ACTIVATIONS[activation](y)
     b, c, h, w = x.shape
-    groups = x.permute(0, 2, 3, 1).reshape(b, h * w, norm.num_groups, c // norm.num_groups)
-    groups = groups.float()
-    centred = groups - groups.mean(dim=(1, 3), keepdim=True)
-    variance = centred.square().mean(dim=(1, 3), keepdim=True)
-    y = (centred * torch.rsqrt(variance + norm.eps)).reshape(b, h, w, c)
-    y = torch.addcmul(norm.bias.float(), y, norm.weight.float()).to(x.dtype)
-    return y.permute(0, 3, 1, 2)
+    shape = (1, 1, norm.num_groups, c // norm.num_groups)
+    groups = x.permute(0, 2, 3, 1).reshape(b, h * w, *shape[2:])  # a view: x is channels-last
+    if x.dtype == torch.float32:
+        variance, mean = torch.var_mean(groups, dim=(1, 3), correction=0, keepdim=True)
+    else:
+        # A mean rounded to 8 bits would shift the whole group: sum in float32. The variance
+        # only scales, and float16's would overflow above a spread of 256: float32 there.
+        mean = groups.sum(dim=(1, 3), keepdim=True, dtype=torch.float32) / (h * w * shape[3])
+        spread = groups.float() if x.dtype == torch.float16 else groups
+        variance = torch.var(spread, dim=(1, 3), correction=0, keepdim=True).float()
+    scale = norm.weight.float().reshape(shape) * torch.rsqrt(variance + norm.eps)
+    shift = norm.bias.float().reshape(shape) - mean * scale
+    if torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad):
+        y = torch.addcmul(shift, groups, scale).to(x.dtype)  # ``out=`` has no gradient
+    else:
+        y = torch.addcmul(shift, groups, scale, out=torch.empty_like(groups))
+    if activation is not None:
+        y = ACTIVATIONS[activation](y, inplace=True)
+    return y.reshape(b, h, w, c).permute(0, 3, 1, 2)

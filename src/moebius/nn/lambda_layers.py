@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
+from moebius.nn.engines import linear
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
-from moebius.nn.onednn import linear
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
