@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from moebius.cpu import cpu_model
+from moebius.cpu import cpu_model, native_bfloat16
 from moebius.files import write_json
 from moebius.nn.kernels import ACTIVATIONS, CONV_ENGINES, LINEAR_ENGINES, Convolution, Product
 
@@ -45,6 +45,10 @@ TUNE_ROUNDS = 3
 # Largest deviation from PyTorch's own kernel an engine may show on the tuning data, relative
 # to the result's largest magnitude: far above rounding, far below a wrong result.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
+# The product that decides whether bfloat16 pays (rows, inputs, outputs): a MixFFN projection
+# of the student's middle level at 512 px, and how much faster it must be to trade precision.
+SPEEDUP_PRODUCT = (2048, 640, 1600)
+BFLOAT16_MIN_SPEEDUP = 1.25
 
 _override = threading.local()
 
@@ -234,6 +238,14 @@ def _linear_calls(p: Product, rows: int) -> dict[str, Callable[[], torch.Tensor]
     return {name: (lambda run=run: run(sample)) for name, run in LINEAR_ENGINES.items()}
 
 
+def _linear_key(dtype, rows: int, k: int, n: int, bias: bool, activation, residual: bool) -> str:
+    return (
+        f"linear {str(dtype).removeprefix('torch.')} {rows}x{k}x{n}"
+        f"{' bias' if bias else ''}{' ' + activation if activation else ''}"
+        f"{' residual' if residual else ''}"
+    )
+
+
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -255,11 +267,7 @@ def linear(
     if 2 * rows * n * k < TUNE_MIN_FLOPS and mode() == "tune":
         return LINEAR_ENGINES[DEFAULT](product)
     bucket = 1 << max(rows - 1, 0).bit_length()
-    key = (
-        f"linear {str(x.dtype).removeprefix('torch.')} {bucket}x{k}x{n}"
-        f"{' bias' if bias is not None else ''}{' ' + activation if activation else ''}"
-        f"{' residual' if residual is not None else ''}"
-    )
+    key = _linear_key(x.dtype, bucket, k, n, bias is not None, activation, residual is not None)
     name = _choose(
         key, x.dtype, LINEAR_ENGINES, lambda: _linear_calls(product, min(bucket, TUNE_MAX_ROWS))
     )
@@ -271,6 +279,33 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+def bfloat16_speedup() -> float | None:
+    """How many times faster a typical product of the student runs in bfloat16 than in float32
+    here, each on its fastest engine: timed once per machine and thread count, then read from
+    the cache. None when timing is off (``MOEBIUS_ENGINES`` other than ``tune``)."""
+    if mode() != "tune":
+        return None
+    rows, k, n = SPEEDUP_PRODUCT
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.inference_mode():
+            linear(torch.zeros(rows, k, dtype=dtype), torch.zeros(n, k, dtype=dtype))
+        entry = table().choices.get(_linear_key(dtype, rows, k, n, False, None, False), {})
+        if not entry.get("ms"):
+            return None
+        best[dtype] = min(entry["ms"].values())
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def prefers_bfloat16() -> bool:
+    """Whether ``--dtype auto`` should run in bfloat16 on this CPU: it computes bfloat16 natively
+    (AVX-512 BF16, AMX or Arm BF16) and a typical product measured clearly faster in it."""
+    if not native_bfloat16():
+        return False
+    speedup = bfloat16_speedup()
+    return speedup is not None and speedup >= BFLOAT16_MIN_SPEEDUP
 
 
 # ---------------------------------------------------------------------- convolutions
