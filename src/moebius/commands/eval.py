@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             model_config=args.model_config,
             device=device,
             dtype=runtime.dtype,
+            fuse=True,  # BatchNorm folded into the projections: inference only, never saved
         )
     result = evaluate(cfg, pipeline)
 

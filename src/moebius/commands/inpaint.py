@@ -124,6 +124,7 @@ def _load_pipeline(args: argparse.Namespace, runtime):
         model_config=args.model_config,
         device=runtime.device,
         dtype=runtime.dtype,
+        fuse=True,  # BatchNorm folded into the projections: inference only, never saved
     )
     pipe.enable_vae_tiling()
     pipe.enable_vae_slicing()

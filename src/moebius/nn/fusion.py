@@ -9,6 +9,7 @@ speed-ups against it or to debug.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moebius.nn.engines import linear
@@ -74,7 +75,7 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = Non
     channel, in float32), and the activation runs in place.
     """
     if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        y = norm(x)
+        y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         return y if activation is None else ACTIVATIONS[activation](y)
     b, c, h, w = x.shape
     shape = (1, 1, norm.num_groups, c // norm.num_groups)
