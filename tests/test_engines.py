@@ -14,7 +14,7 @@ from moebius.bench.flops import measured_flops
 from moebius.models.lcg import category_ids
 from moebius.nn import engines
 from moebius.nn.engines import CACHE_ENV, MODE_ENV, Linear, conv2d, linear
-from moebius.nn.kernels import CONV_ENGINES, LINEAR_ENGINES
+from moebius.nn.kernels import CONV_ENGINES, LINEAR_ENGINES, WINDOW_ENGINES
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to the largest magnitude
 
@@ -125,7 +125,7 @@ def test_every_engine_gives_the_student_the_same_output(fused_student, dtype):
     ids = torch.cat([category_ids("foreground", 1), category_ids("background", 1)])
     outputs = {}
     with torch.inference_mode():
-        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES):
+        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES):
             with engines.use(engine):
                 outputs[engine] = model(x, torch.tensor([500]), ids).sample.float()
     reference = outputs.pop("aten")

@@ -18,6 +18,7 @@ take PyTorch's own kernels.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -31,7 +32,15 @@ from torch import nn
 
 from moebius.cpu import cpu_model, native_bfloat16
 from moebius.files import write_json
-from moebius.nn.kernels import ACTIVATIONS, CONV_ENGINES, LINEAR_ENGINES, Convolution, Product
+from moebius.nn.kernels import (
+    ACTIVATIONS,
+    CONV_ENGINES,
+    LINEAR_ENGINES,
+    WINDOW_ENGINES,
+    Convolution,
+    Product,
+    WindowContraction,
+)
 
 MODE_ENV = "MOEBIUS_ENGINES"
 CACHE_ENV = "MOEBIUS_ENGINE_CACHE"
@@ -63,7 +72,7 @@ def mode() -> str:
 def use(name: str) -> Iterator[None]:
     """Run the block (in this thread) with engine ``name`` wherever it applies (``aten``: PyTorch's
     own kernels; ``tune``: the tuned choice)."""
-    if name not in ("tune", *LINEAR_ENGINES, *CONV_ENGINES):
+    if name not in ("tune", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES):
         raise ValueError(f"unknown engine {name!r}")
     previous = getattr(_override, "mode", None)
     _override.mode = name
@@ -107,7 +116,7 @@ class EngineTable:
                 for key, entry in choices.items()
                 if isinstance(key, str)
                 and isinstance(entry, dict)
-                and entry.get("engine") in (*LINEAR_ENGINES, *CONV_ENGINES)
+                and entry.get("engine") in (*LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES)
             }
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             self.choices = {}  # absent or corrupt: tuned again, the file rewritten
@@ -184,10 +193,11 @@ def _time(runs: dict[str, Callable[[], torch.Tensor]]) -> dict[str, float]:
 
 
 def _tune(key: str, dtype: torch.dtype, calls: dict[str, Callable[[], torch.Tensor]]) -> str:
-    """Time every engine whose result matches PyTorch's own; record and return the fastest."""
+    """Time every engine whose result matches the first one's (PyTorch's own kernel where there
+    is one); record and return the fastest."""
     started = time.perf_counter()
     with torch.inference_mode():
-        reference = calls[DEFAULT]().float()
+        reference = next(iter(calls.values()))().float()
         scale = reference.abs().max().item() or 1.0
         working = {}
         for name, call in calls.items():
@@ -205,21 +215,24 @@ def _tune(key: str, dtype: torch.dtype, calls: dict[str, Callable[[], torch.Tens
 
 
 def _choose(key: str, dtype: torch.dtype, engines: dict, calls: Callable[[], dict]) -> str:
+    """The engine for ``key``: forced by :func:`mode`, cached, or tuned now. The first of
+    ``engines`` is the default, used where a forced name does not apply."""
     choice = mode()
     if choice != "tune":
-        return choice if choice in engines else DEFAULT
+        return choice if choice in engines else next(iter(engines))
     return table().engine(key, engines) or _tune(key, dtype, calls())
 
 
 def _run(engines: dict, name: str, call):
-    """Engine ``name`` on ``call``; PyTorch's own kernel if that engine refuses this call's
-    memory layout (the tuning data was contiguous)."""
-    if name == DEFAULT:
-        return engines[DEFAULT](call)
+    """Engine ``name`` on ``call``; the default engine if that one refuses this call's memory
+    layout (the tuning data was contiguous)."""
+    default = next(iter(engines))
+    if name == default:
+        return engines[default](call)
     try:
         return engines[name](call)
     except (RuntimeError, TypeError, NotImplementedError):
-        return engines[DEFAULT](call)
+        return engines[default](call)
 
 
 # ---------------------------------------------------------------------- matrix products
@@ -367,3 +380,32 @@ def conv2d(
     )
     name = _choose(key, x.dtype, CONV_ENGINES, lambda: _conv_calls(call))
     return _run(CONV_ENGINES, name, call)
+
+
+# ---------------------------------------------------------------------- window contractions
+def window_contraction(c: WindowContraction) -> torch.Tensor:
+    """Local-λ's positional contraction (see :class:`moebius.nn.kernels.WindowContraction`)
+    on the formulation fastest here for its shape and dtype; returns ``c.y``."""
+    c = dataclasses.replace(c, linear=linear)
+    b, n, heads, k = c.q.shape
+    v = c.values.shape[-1]
+    if not _eligible(c.q, c.bank):
+        return WINDOW_ENGINES["strided-windows"](c)
+    dtype = c.q.dtype
+    key = f"window {str(dtype).removeprefix('torch.')} {b}x{n}x{heads}x{k} v{v} r{c.r} w{c.wide}"
+
+    def calls() -> dict[str, Callable[[], torch.Tensor]]:
+        sample = dataclasses.replace(
+            c,
+            q=_random_like(c.q.shape, dtype),
+            bank=_random_like(c.bank.shape, dtype, k**-0.5),
+            values=_random_like(c.values.shape, dtype),
+            source=None,
+        )
+        return {
+            name: (lambda run=run: run(dataclasses.replace(sample, y=torch.zeros_like(c.y))))
+            for name, run in WINDOW_ENGINES.items()
+        }
+
+    name = _choose(key, dtype, WINDOW_ENGINES, calls)
+    return _run(WINDOW_ENGINES, name, c)

@@ -115,17 +115,29 @@ def _conv_route_linear(p: Product) -> torch.Tensor:
     return p.finish(out.permute(0, 2, 3, 1).reshape(*lead, -1))
 
 
+def _packing_source(p: Product) -> tuple[torch.Tensor, tuple]:
+    """The tensor a packed copy of ``p.weight`` is remembered under, and where in it the weight
+    sits: its source parameter when the weight is a view of it (one parameter can give several
+    weights, e.g. slices), else the weight itself."""
+    source = p.weight
+    if p.source is not None and (
+        p.weight.untyped_storage().data_ptr() == p.source.untyped_storage().data_ptr()
+    ):
+        source = p.source
+    return source, (p.weight.storage_offset(), tuple(p.weight.stride()), tuple(p.weight.shape))
+
+
 def _row_bucket(rows: int) -> int:
     """Packed layouts are made for a number of rows; products of similar size share one."""
     return 1 << max(rows - 1, 0).bit_length()
 
 
 def _onednn_packed_linear(p: Product) -> torch.Tensor:
-    source = p.weight if p.source is None else p.source
+    source, where = _packing_source(p)
     hint = _row_bucket(p.rows)
     weight = packed(
         source,
-        ("onednn-linear", p.x.dtype, hint),
+        ("onednn-linear", p.x.dtype, hint, where),
         lambda: torch.ops.mkldnn._reorder_linear_weight(p.matrix.contiguous(), hint),
     )
     x = p.x if p.x.stride(-1) == 1 else p.x.contiguous()
@@ -147,12 +159,12 @@ def _onednn_packed_linear(p: Product) -> torch.Tensor:
 def _mkl_packed_linear(p: Product) -> torch.Tensor:
     if p.x.dtype != torch.float32:
         raise TypeError("MKL's packed GEMM is float32 only")
-    source = p.weight if p.source is None else p.source
+    source, where = _packing_source(p)
     hint = _row_bucket(p.rows)
     matrix = p.matrix.contiguous()
     weight = packed(
         source,
-        ("mkl-linear", hint),
+        ("mkl-linear", hint, where),
         lambda: torch.ops.mkl._mkl_reorder_linear_weight(matrix, hint),
     )
     *lead, channels = p.x.shape
@@ -244,4 +256,64 @@ CONV_ENGINES: dict[str, Callable[[Convolution], torch.Tensor]] = {
     "aten-nchw": _aten_nchw_conv,
     "onednn": _onednn_conv,
     "onednn-packed": _onednn_packed_conv,
+}
+
+
+# ---------------------------------------------------------------------- window contractions
+@dataclass(frozen=True)
+class WindowContraction:
+    """``y[i, n] += Σ_{dy,dx} (q[i, n] · bank[:, dy·r + dx]) · values[i, n + dy·wide + dx]``.
+
+    Positions n lie on a grid ``wide`` columns wide (the image plus padding columns); the heads'
+    queries q[i, n] (heads, k) against the kernel bank (k, r·r) give r×r taps per head, which
+    weight the r×r neighbourhood of value rows around n. ``values`` (b, rows, v) holds the
+    padded value grid flattened, with at least r spare rows at the end; ``y`` (b, n, heads, v)
+    is accumulated in place. ``source``: the parameter the bank is a view of (for packing)."""
+
+    q: torch.Tensor
+    bank: torch.Tensor
+    values: torch.Tensor
+    y: torch.Tensor
+    wide: int
+    r: int
+    source: torch.Tensor | None = None
+    linear: Callable | None = None  # the product to use: moebius.nn.engines.linear
+
+
+def _strided_windows(c: WindowContraction) -> torch.Tensor:
+    """All r·r taps in one product; per image and kernel row dy, one batched product of the taps
+    with the r value rows at n + dy·wide, read as overlapping strided windows without a copy."""
+    b, n, _, _ = c.q.shape
+    v = c.values.shape[-1]
+    taps = c.linear(c.q, c.bank.t(), source=c.source)  # (b, n, heads, r·r)
+    for i in range(b):
+        base = c.values[i]
+        for dy in range(c.r):
+            window = base.as_strided(
+                (n, c.r, v), (v, v, 1), base.storage_offset() + dy * c.wide * v
+            )
+            c.y[i].baddbmm_(taps[i, :, :, dy * c.r : (dy + 1) * c.r], window)
+    return c.y
+
+
+def _unfolded_windows(c: WindowContraction) -> torch.Tensor:
+    """Each image's value rows unfolded once into contiguous (r, v) windows; per kernel row dy,
+    the r taps of that row (one product) and one batched product over contiguous operands. For
+    kernels that copy strided or overlapping operands (bfloat16's), this avoids r copies."""
+    b, n, _, _ = c.q.shape
+    v = c.values.shape[-1]
+    rows = n + (c.r - 1) * c.wide
+    rows_of_bank = c.bank.t()  # (r·r, k): one row per tap
+    for i in range(b):
+        base = c.values[i]
+        windows = base.as_strided((rows, c.r, v), (v, v, 1), base.storage_offset()).contiguous()
+        for dy in range(c.r):
+            taps = c.linear(c.q[i], rows_of_bank[dy * c.r : (dy + 1) * c.r], source=c.source)
+            c.y[i].baddbmm_(taps, windows[dy * c.wide : dy * c.wide + n])
+    return c.y
+
+
+WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
+    "strided-windows": _strided_windows,
+    "unfolded-windows": _unfolded_windows,
 }

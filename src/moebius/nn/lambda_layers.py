@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
-from moebius.nn.engines import linear
+from moebius.nn.engines import window_contraction
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
+from moebius.nn.kernels import WindowContraction
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -136,19 +137,11 @@ class LocalLambda(nn.Module):
         q = q.reshape(b, height * wide, self.heads, self.dim_k)
         y = torch.bmm(q.reshape(b, -1, self.dim_k), shared.to(q.dtype))
         y = y.reshape(b, height * wide, self.heads, self.dim_v)
-        taps = linear(q, self.pos_conv.weight.reshape(self.dim_k, r * r).t().to(q.dtype))
         values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad))
-        values = F.pad(values.reshape(b, -1), (0, r * self.dim_v)).to(y.dtype)
-        for i in range(b):
-            base = values[i]
-            for dy in range(r):
-                window = base.as_strided(
-                    (height * wide, r, self.dim_v),
-                    (self.dim_v, self.dim_v, 1),
-                    base.storage_offset() + dy * wide * self.dim_v,
-                )
-                y[i].baddbmm_(taps[i, :, :, dy * r : (dy + 1) * r].to(y.dtype), window)
-        y = y.reshape(b, height, wide, -1)[:, :, :width]
+        values = F.pad(values.reshape(b, -1, self.dim_v), (0, 0, 0, r)).to(y.dtype)
+        bank = self.pos_conv.weight.reshape(self.dim_k, r * r).to(q.dtype)
+        window = WindowContraction(q, bank, values, y, wide, r, source=self.pos_conv.weight)
+        y = window_contraction(window).reshape(b, height, wide, -1)[:, :, :width]
         return y.reshape(b, n, self.heads * self.dim_v)
 
     def fuse_batchnorm(self) -> None:
