@@ -71,9 +71,10 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = Non
     the channels-first kernel on a converted copy), but it takes the variance as E[x²] − E[x]²,
     which loses most float32 digits when a group's mean is large against its spread (an offset
     of 100 costs ~1e-2 absolute, and bfloat16 loses everything). Subtracting a constant from a
-    group does not change its normalisation, so each group's mean is subtracted first (a column
-    sum over the pixels, then one pass computed in float32 and rounded once): the kernel then
-    sees means near 0, where it is exact to rounding. The activation runs in place.
+    group does not change its normalisation, so each group's mean (a column sum over the
+    pixels, accumulated in float32) is subtracted first, in the map's dtype (the constant need
+    not be exact, only near the mean): the kernel then sees means near 0, where it is exact to
+    rounding. The activation runs in place.
     """
     if (
         x.dim() == 4
@@ -84,10 +85,6 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = Non
         groups = norm.num_groups
         sums = x.permute(0, 2, 3, 1).reshape(b, h * w, c).sum(dim=1, dtype=torch.float32)
         means = sums.view(b, groups, c // groups).mean(-1, keepdim=True) / (h * w)
-        means = means.expand(b, groups, c // groups).reshape(b, c, 1, 1)
-        if torch.is_grad_enabled() and x.requires_grad:
-            x = x - means.to(x.dtype)  # ``out=`` has no gradient
-        else:
-            x = torch.sub(x, means, out=torch.empty_like(x))
+        x = x - means.expand(b, groups, c // groups).reshape(b, c, 1, 1).to(x.dtype)
     y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     return y if activation is None else ACTIVATIONS[activation](y, inplace=True)

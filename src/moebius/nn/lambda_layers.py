@@ -137,8 +137,9 @@ class LocalLambda(nn.Module):
         q = q.reshape(b, height * wide, self.heads, self.dim_k)
         y = torch.bmm(q.reshape(b, -1, self.dim_k), shared.to(q.dtype))
         y = y.reshape(b, height * wide, self.heads, self.dim_v)
-        values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad))
-        values = F.pad(values.reshape(b, -1, self.dim_v), (0, 0, 0, r)).to(y.dtype)
+        # One more padding row at the bottom: the spare rows the last windows reach into.
+        values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad + 1))
+        values = values.reshape(b, -1, self.dim_v).to(y.dtype)
         bank = self.pos_conv.weight.reshape(self.dim_k, r * r).to(q.dtype)
         window = WindowContraction(q, bank, values, y, wide, r, source=self.pos_conv.weight)
         y = window_contraction(window).reshape(b, height, wide, -1)[:, :, :width]
@@ -224,7 +225,8 @@ class InteractiveLambda(nn.Module):
         content_lambda = torch.bmm(k.transpose(1, 2), v)  # (B, k, v)
         table = resample_position_table(self.rel_pos_emb, size).squeeze(-1)  # (n, m, k)
         heads_q = q.reshape(b, n, self.heads, self.dim_k)
-        weights = torch.matmul(heads_q, table.transpose(1, 2))  # (B, n, heads, m)
+        # Per image, so that the table is not expanded over the batch (a copy).
+        weights = torch.stack([torch.bmm(one, table.transpose(1, 2)) for one in heads_q])
         y = torch.baddbmm(
             torch.bmm(q.reshape(b, n * self.heads, self.dim_k), content_lambda),
             weights.reshape(b, n * self.heads, -1),
