@@ -57,6 +57,10 @@ def _command(report: dict, out: Path) -> str:
         parts.append("--no-profile")
     if not s["accuracy"]:
         parts.append("--no-accuracy")
+    if not s.get("vae", True) and s["pipeline_sizes"]:
+        parts.append("--no-vae")
+    if s.get("tune"):
+        parts.append("--tune")
     parts.append(f"--out {out.relative_to(ROOT)}")
     return " ".join(parts)
 

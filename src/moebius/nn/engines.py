@@ -140,22 +140,26 @@ class EngineTable:
                 write_json(self.path, document)
 
 
-_tables: dict[Path, EngineTable] = {}
+_tables: dict[tuple, EngineTable] = {}
+
+
+def _table_key() -> tuple:
+    # What decides the cache file, cheap to read on every product.
+    return torch.get_num_threads(), os.environ.get(CACHE_ENV), os.environ.get("XDG_CACHE_HOME")
 
 
 def table() -> EngineTable:
     """The table for the current thread count (each count is tuned on its own)."""
-    path = cache_path()
-    if path not in _tables:
-        _tables[path] = EngineTable(path)
-    return _tables[path]
+    key = _table_key()
+    if key not in _tables:
+        _tables[key] = EngineTable(cache_path())
+    return _tables[key]
 
 
 def retune() -> None:
     """Forget this machine's choices for the current thread count, on disk too."""
-    path = cache_path()
-    path.unlink(missing_ok=True)
-    _tables.pop(path, None)
+    cache_path().unlink(missing_ok=True)
+    _tables.pop(_table_key(), None)
 
 
 def report() -> dict:
