@@ -334,8 +334,10 @@ class InpaintPipeline:
 
 class MoebiusInpaintPipeline(InpaintPipeline):
     """The PyTorch backend. Components: ``model`` (any :class:`~moebius.LCGModel`: student or
-    teacher), ``vae`` (diffusers ``AutoencoderKL``) and ``schedule`` (the training noise
-    schedule, :class:`~moebius.sampling.NoiseSchedule`)."""
+    teacher), ``vae`` (diffusers ``AutoencoderKL``; its layers are switched in place to drop-in
+    subclasses that run channels-last maps on this machine's fastest kernels, see
+    :mod:`moebius.nn.adopt`) and ``schedule`` (the training noise schedule,
+    :class:`~moebius.sampling.NoiseSchedule`)."""
 
     def __init__(self, model, vae, schedule: NoiseSchedule | None = None):
         from moebius.nn.adopt import adopt
