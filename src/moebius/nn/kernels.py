@@ -127,18 +127,13 @@ def _packing_source(p: Product) -> tuple[torch.Tensor, tuple]:
     return source, (p.weight.storage_offset(), tuple(p.weight.stride()), tuple(p.weight.shape))
 
 
-def _row_bucket(rows: int) -> int:
-    """Packed layouts are made for a number of rows; products of similar size share one."""
-    return 1 << max(rows - 1, 0).bit_length()
-
-
 def _onednn_packed_linear(p: Product) -> torch.Tensor:
     source, where = _packing_source(p)
-    hint = _row_bucket(p.rows)
+    # Laid out for any number of rows: one packed copy per weight, whatever the image size.
     weight = packed(
         source,
-        ("onednn-linear", p.x.dtype, hint, where),
-        lambda: torch.ops.mkldnn._reorder_linear_weight(p.matrix.contiguous(), hint),
+        ("onednn-linear", p.x.dtype, where),
+        lambda: torch.ops.mkldnn._reorder_linear_weight(p.matrix.contiguous()),
     )
     x = p.x if p.x.stride(-1) == 1 else p.x.contiguous()
     residual = p.residual
@@ -160,16 +155,16 @@ def _mkl_packed_linear(p: Product) -> torch.Tensor:
     if p.x.dtype != torch.float32:
         raise TypeError("MKL's packed GEMM is float32 only")
     source, where = _packing_source(p)
-    hint = _row_bucket(p.rows)
+    rows = p.rows
     matrix = p.matrix.contiguous()
+    # MKL packs for a row count: one copy per weight and row count the model meets.
     weight = packed(
         source,
-        ("mkl-linear", hint, where),
-        lambda: torch.ops.mkl._mkl_reorder_linear_weight(matrix, hint),
+        ("mkl-linear", rows, where),
+        lambda: torch.ops.mkl._mkl_reorder_linear_weight(matrix, rows),
     )
     *lead, channels = p.x.shape
-    rows = p.x.reshape(-1, channels)
-    out = torch.ops.mkl._mkl_linear(rows, weight, matrix, p.bias, rows.shape[0])
+    out = torch.ops.mkl._mkl_linear(p.x.reshape(-1, channels), weight, matrix, p.bias, rows)
     return p.finish(out.reshape(*lead, -1))
 
 
@@ -223,17 +218,12 @@ def _onednn_conv(c: Convolution) -> torch.Tensor:
 
 
 def _onednn_packed_conv(c: Convolution) -> torch.Tensor:
-    size = tuple(c.x.shape)
+    # Laid out for any input size: one packed copy per weight.
     weight = packed(
         c.weight,
-        ("onednn-conv", c.x.dtype, size),
+        ("onednn-conv", c.x.dtype),
         lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
-            c.weight.to_mkldnn(),
-            list(c.padding),
-            list(c.stride),
-            list(c.dilation),
-            c.groups,
-            list(size),
+            c.weight.to_mkldnn(), list(c.padding), list(c.stride), list(c.dilation), c.groups
         ),
     )
     out = torch.ops.mkldnn._convolution_pointwise(
