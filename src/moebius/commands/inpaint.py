@@ -206,13 +206,15 @@ def _pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], list[str]
     return pairs, missing
 
 
-def _run_record(args: argparse.Namespace, settings) -> dict:
-    """What decides the outputs of a batch run, as written to OUT/run.json."""
+def _run_record(args: argparse.Namespace, settings, runtime) -> dict:
+    """What decides the outputs of a batch run, as written to OUT/run.json. The precision is
+    the one ``--dtype`` resolved to (``auto`` depends on the machine): a run resumed in another
+    would mix precisions in one folder."""
     return {
         "model": args.model,
         "variant": args.variant,
         "model_config": args.model_config,
-        "dtype": args.dtype,
+        "dtype": str(runtime.dtype).removeprefix("torch."),
         "invert_mask": args.invert_mask,
         "ext": args.ext.lstrip(".").lower(),
         "settings": settings.to_dict(),
@@ -270,7 +272,7 @@ def _run_batch(args: argparse.Namespace, settings, runtime) -> int:
         raise InputError(f"no images found in {args.images}")
     args.out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(args.out)  # left by a run killed mid-write
-    record = _check_run(args.out / RUN_FILE, _run_record(args, settings), args.overwrite)
+    record = _check_run(args.out / RUN_FILE, _run_record(args, settings, runtime), args.overwrite)
     settings = InpaintSettings.from_mapping(record["settings"])
 
     def target(path: Path) -> Path:
