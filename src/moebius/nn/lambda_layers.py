@@ -130,8 +130,9 @@ class LocalLambda(nn.Module):
         shared = torch.bmm(k.transpose(1, 2), v) + self.pos_conv.bias[None, :, None]
         # Work on a grid 2·pad columns wider than the image, so that the r×r neighbourhood
         # row dy of every position n' = y·(W + 2·pad) + x is the contiguous (r, v) block at
-        # row n' + dy·(W + 2·pad) of the padded values: each dy is one batched GEMM over a
-        # strided view, with no gather. The extra columns are dropped at the end.
+        # row n' + dy·(W + 2·pad) of the padded values: each dy is one batched GEMM, with no
+        # gather (two ways, timed per machine: moebius.nn.kernels.WindowContraction). The
+        # extra columns are dropped at the end.
         wide = width + 2 * pad
         q = F.pad(q.reshape(b, height, width, -1), (0, 0, 0, 2 * pad))
         q = q.reshape(b, height * wide, self.heads, self.dim_k)
