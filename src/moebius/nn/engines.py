@@ -6,9 +6,11 @@ it on random data of that shape, in turn, a few times; the fastest that also giv
 answer is used from then on and remembered in the user cache, one file per CPU model, thread
 count and PyTorch version (``$XDG_CACHE_HOME/moebius/engines-….json``, or the folder named by
 ``MOEBIUS_ENGINE_CACHE``). Products are grouped by their column sizes and their row count
-rounded up to a power of two, so a model at a new image size mostly reuses what it has. Tuning
-a whole model costs a few seconds once per machine; ``moebius bench --tune`` redoes it. A
-missing, unreadable or corrupt cache file is simply tuned again.
+rounded up to a power of two, so a model at a new image size mostly reuses what it has; they
+are timed on at most 2048 rows, convolutions on one image cropped to a few GFLOP, and engines
+far behind after one round are not timed again, so tuning a whole model costs seconds, once
+per machine; ``moebius bench --tune`` redoes it. A missing, unreadable or corrupt cache file
+is simply tuned again.
 
 ``MOEBIUS_ENGINES`` overrides the choice: ``tune`` (the default), ``aten`` (PyTorch's own
 kernels everywhere) or one engine's name (used wherever it applies). Products too small to
@@ -49,8 +51,11 @@ DEFAULT = "aten"
 # Below this many FLOPs a kernel's choice is lost in call overheads and timing noise.
 TUNE_MIN_FLOPS = 1 << 24
 # Products are timed on at most this many rows: enough to reach each kernel's steady speed.
-TUNE_MAX_ROWS = 4096
+TUNE_MAX_ROWS = 2048
 TUNE_ROUNDS = 3
+TUNE_MAX_CONV_FLOPS = 1 << 33
+# After one timed round, engines this many times slower than the fastest are not timed again.
+TUNE_DROP = 2.0
 # Largest deviation from PyTorch's own kernel an engine may show on the tuning data, relative
 # to the result's largest magnitude: far above rounding, far below a wrong result.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
@@ -186,9 +191,13 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _time(runs: dict[str, Callable[[], torch.Tensor]]) -> dict[str, float]:
-    """Best of a few interleaved calls of each (already warm) run, in milliseconds."""
+    """Best of a few interleaved calls of each (already warm) run, in milliseconds; runs far
+    behind after the first round are left at that time."""
     best = dict.fromkeys(runs, float("inf"))
-    for _ in range(TUNE_ROUNDS):
+    for round_ in range(TUNE_ROUNDS):
+        if round_ == 1:
+            fastest = min(best.values())
+            runs = {name: run for name, run in runs.items() if best[name] <= TUNE_DROP * fastest}
         for name, run in runs.items():
             start = time.perf_counter()
             run()
@@ -329,7 +338,14 @@ def prefers_bfloat16() -> bool:
 def _conv_calls(c: Convolution) -> dict[str, Callable[[], torch.Tensor]]:
     dtype = c.x.dtype
     fan_in = c.weight[0].numel()
-    x = _random_like(c.x.shape, dtype).contiguous(memory_format=torch.channels_last)
+    # One image, halved while a call would cost more than TUNE_MAX_CONV_FLOPS: big enough for
+    # each kernel's steady speed, small enough that tuning a model takes seconds.
+    _, channels, height, width = c.x.shape
+    per_pixel = 2 * c.weight.shape[0] * fan_in // (c.stride[0] * c.stride[1])
+    while per_pixel * height * width > TUNE_MAX_CONV_FLOPS and min(height, width) >= 16:
+        height, width = height // 2, width // 2
+    shape = (1, channels, height, width)
+    x = _random_like(shape, dtype).contiguous(memory_format=torch.channels_last)
     weight = _random_like(c.weight.shape, dtype, fan_in**-0.5)
     bias = None if c.bias is None else _random_like(c.bias.shape, dtype)
     sample = Convolution(x, weight, bias, c.stride, c.padding, c.dilation, c.groups, c.activation)
@@ -399,15 +415,17 @@ def window_contraction(c: WindowContraction) -> torch.Tensor:
     key = f"window {str(dtype).removeprefix('torch.')} {b}x{n}x{heads}x{k} v{v} r{c.r} w{c.wide}"
 
     def calls() -> dict[str, Callable[[], torch.Tensor]]:
+        # One image: both formulations go image by image, so it shows which is faster.
         sample = dataclasses.replace(
             c,
-            q=_random_like(c.q.shape, dtype),
+            q=_random_like((1, *c.q.shape[1:]), dtype),
             bank=_random_like(c.bank.shape, dtype, k**-0.5),
-            values=_random_like(c.values.shape, dtype),
+            values=_random_like((1, *c.values.shape[1:]), dtype),
             source=None,
         )
+        zeros = (1, *c.y.shape[1:])
         return {
-            name: (lambda run=run: run(dataclasses.replace(sample, y=torch.zeros_like(c.y))))
+            name: (lambda run=run: run(dataclasses.replace(sample, y=c.y.new_zeros(zeros))))
             for name, run in WINDOW_ENGINES.items()
         }
 
