@@ -112,13 +112,41 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> Non
     group.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for the networks (default: PyTorch's, usually one per core)",
+        help="CPU threads for the networks (default: PyTorch's, usually one per core; under "
+        "torchrun on the CPU, the machine's cores split evenly among its ranks)",
     )
 
 
-def apply_runtime_args(args: argparse.Namespace) -> Runtime:
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or Slurm)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def rank_device(device, local_rank: int):
+    """The device of one rank of a multi-process job: ``cuda`` without an index becomes the
+    rank's own GPU, ``cuda:LOCAL_RANK`` (modulo the GPUs this process sees, so one GPU per
+    process via CUDA_VISIBLE_DEVICES works too); an explicit ``cuda:N`` is kept."""
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def apply_runtime_args(args: argparse.Namespace, world=None) -> Runtime:
     """Resolve the runtime options, set the thread count, and on the CPU keep freed memory
-    for reuse (see :func:`moebius.allocator.keep_freed_memory`)."""
+    for reuse (see :func:`moebius.allocator.keep_freed_memory`).
+
+    ``world`` (a :class:`moebius.distributed.World` of several processes): each rank takes its
+    own GPU (:func:`rank_device`), or on the CPU an equal share of the cores unless
+    ``--threads`` says otherwise (torchrun's OMP_NUM_THREADS=1 default would leave cores idle),
+    and all take the precision rank 0 resolved ``--dtype`` to.
+    """
     import torch
 
     from moebius.allocator import keep_freed_memory
@@ -126,9 +154,21 @@ def apply_runtime_args(args: argparse.Namespace) -> Runtime:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)  # first: ``auto`` measures with these threads
-    dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
+    threads = args.threads
+    if world is not None and world.size > 1:
+        device = rank_device(device, world.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        elif device.type == "cpu" and threads is None:
+            threads = max(1, available_cores() // world.local_size)
+    if threads:
+        torch.set_num_threads(threads)  # first: ``auto`` measures with these threads
+    name = getattr(args, "dtype", "float32")
+    if name == "auto" and device.type == "cpu" and world is not None and world.size > 1:
+        # One precision for the whole job: ``auto`` is timed here, and ranks time apart.
+        dtype = world.run_on_main(lambda: resolve_dtype(name, device))
+    else:
+        dtype = resolve_dtype(name, device)
     if device.type == "cpu":
         keep_freed_memory()
-    return Runtime(device=device, dtype=dtype, threads=args.threads)
+    return Runtime(device=device, dtype=dtype, threads=threads)
