@@ -3,16 +3,21 @@ timed once, cached per machine and used, and a broken cache is tuned again."""
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_vae
 from torch import nn
 
 import moebius
 from moebius.bench.flops import measured_flops
 from moebius.models.lcg import category_ids
 from moebius.nn import engines
+from moebius.nn.adopt import adopt
 from moebius.nn.engines import CACHE_ENV, MODE_ENV, Linear, conv2d, linear
 from moebius.nn.kernels import CONV_ENGINES, LINEAR_ENGINES, WINDOW_ENGINES
 
@@ -153,6 +158,72 @@ def test_the_tuned_choice_is_timed_once_cached_and_used(tuning):
     with torch.inference_mode():
         _close(linear(x[:300], weight), expected[:300], torch.float32)
     assert json.loads(path.read_text()) == document
+
+
+def test_every_engine_gives_the_vae_the_same_output():
+    """The VAE the pipeline adopts (channels-last maps on the engines) against diffusers' own
+    module on channels-first maps, to float32 rounding."""
+    plain = tiny_vae(seed=5)
+    adopted = adopt(copy.deepcopy(plain))
+    image = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with torch.inference_mode():
+        expected = plain.decode(plain.encode(image).latent_dist.mean).sample
+        fast = image.contiguous(memory_format=torch.channels_last)
+        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES):
+            with engines.use(engine):
+                latent = adopted.encode(fast).latent_dist.mean
+                got = adopted.decode(latent.contiguous(memory_format=torch.channels_last))
+            error = (got.sample - expected).abs().max() / expected.abs().max()
+            assert error <= 1e-5, engine
+
+
+# What a fresh process runs: one product on the tuned engines, then what it knows of them.
+ONE_PRODUCT = """
+import json, sys, torch
+from moebius.nn import engines
+torch.set_num_threads(1)
+x, weight = torch.randn(512, 256), torch.randn(128, 256)
+with torch.inference_mode():
+    assert engines.linear(x, weight).shape == (512, 128)
+json.dump(engines.report(), sys.stdout)
+"""
+
+
+def test_a_second_process_reads_the_cache_and_times_nothing(tuning):
+    def fresh_process() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", ONE_PRODUCT],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first = fresh_process()
+    path = engines.cache_path(threads=1)
+    assert first["cache"] == str(path) and first["tuning_seconds"] > 0
+    assert list(first["choices"]) == ["linear float32 512x256x128"]
+    written = path.read_bytes()
+    second = fresh_process()
+    assert second["tuning_seconds"] == 0 and second["choices"] == first["choices"]
+    assert path.read_bytes() == written
+
+
+def test_retune_times_the_shapes_again(tuning):
+    """What ``moebius bench --tune`` does first: a cached choice is forgotten and timed anew."""
+    key = "linear float32 512x256x128"
+    stale = {"engine": "onednn-conv", "ms": {"onednn-conv": 1e9}}
+    engines.cache_path().write_text(json.dumps({"schema": engines.SCHEMA, "choices": {key: stale}}))
+    assert engines.table().engine(key, LINEAR_ENGINES) == "onednn-conv"
+    engines.retune()
+    x, weight = torch.randn(512, 256), torch.randn(128, 256)
+    with torch.inference_mode():
+        _close(linear(x, weight), F.linear(x, weight), torch.float32)
+    assert engines.table().tuning_seconds > 0
+    entry = json.loads(engines.cache_path().read_text())["choices"][key]
+    assert entry != stale and "aten" in entry["ms"]
 
 
 @pytest.mark.parametrize("engine", ["onednn-conv", "mkl-packed"])

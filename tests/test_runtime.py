@@ -3,12 +3,17 @@ native bfloat16 (a faked /proc/cpuinfo) and on GPUs."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from helpers import tiny_model, tiny_vae
+from PIL import Image
 
 from moebius import cpu
+from moebius.cli import main
 from moebius.errors import InputError
 from moebius.nn import engines
+from moebius.pipeline import MoebiusInpaintPipeline
 from moebius.runtime import resolve_dtype
 
 CPUINFO = """processor\t: 0
@@ -87,3 +92,37 @@ def test_the_bfloat16_speedup_is_measured_once_and_cached(tmp_path, monkeypatch)
     assert {key.split()[1] for key in document["choices"]} == {"float32", "bfloat16"}
     assert engines.bfloat16_speedup() == speedup  # from the cache: nothing timed again
     assert json.loads(engines.cache_path().read_text()) == document
+
+
+@pytest.mark.parametrize("flags, expected", [("avx512_bf16", "bfloat16"), ("avx2", "float32")])
+def test_inpaint_runs_in_what_auto_resolves_to(fake_cpu, tmp_path, monkeypatch, flags, expected):
+    """``moebius inpaint`` without ``--dtype``: the CPU's flags are faked, the bfloat16 speedup
+    is read from a cache holding timings of the product that decides it (2.5× faster), so the
+    resolution itself runs as on a user's machine."""
+    fake_cpu(flags)
+    monkeypatch.setenv(engines.MODE_ENV, "tune")
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "engines"))
+    rows, k, n = engines.SPEEDUP_PRODUCT
+    measured = {
+        f"linear {dtype} {rows}x{k}x{n}": {"engine": "aten", "ms": {"aten": ms}}
+        for dtype, ms in (("float32", 10.0), ("bfloat16", 4.0))
+    }
+    cache = engines.cache_path(threads=1)
+    cache.parent.mkdir()
+    cache.write_text(json.dumps({"schema": engines.SCHEMA, "choices": measured}))
+    model = tmp_path / "model"
+    MoebiusInpaintPipeline(tiny_model(), tiny_vae()).save_pretrained(model)
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "a.png")
+    hole = np.zeros((64, 64), np.uint8)
+    hole[16:40, 20:44] = 255
+    Image.fromarray(hole).save(masks / "a.png")
+    argv = ["inpaint", "--images", images, "--masks", masks, "--out", out, "--model", model]
+    assert main([*map(str, argv), "--steps", "2", "--threads", "1", "-q"]) == 0
+    assert json.loads((out / "run.json").read_text())["dtype"] == expected
+    assert (out / "a.png").is_file()
+    choices = json.loads(cache.read_text())["choices"]
+    assert all(choices[key] == entry for key, entry in measured.items())  # read, not retimed
