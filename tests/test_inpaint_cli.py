@@ -336,7 +336,7 @@ def test_batch_refuses_other_settings_and_results_do_not_depend_on_batching(
     assert inpaint(model_dir, *argv, "--guidance", "1.5", "--dtype", "float32") == 0
     assert "0 written, 2 skipped" in capsys.readouterr().out
     assert inpaint(model_dir, *argv, "--guidance", "1.5", "--dtype", "bfloat16") == 2
-    assert "dtype: float32 -> bfloat16" in capsys.readouterr().err
+    assert "dtype: 'float32' -> 'bfloat16'" in capsys.readouterr().err
 
 
 def test_every_command_has_the_same_runtime_options():
