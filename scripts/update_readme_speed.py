@@ -328,6 +328,13 @@ def _notes(side: dict, inpaint: dict, growth: dict) -> list[str]:
             + " and ".join(pipeline[STUDENT])
             + (f" ({'; '.join(others)})." if others else ".")
         )
+    tuned = inpaint.get("engines", {}).get("tuning_seconds", 0)
+    if tuned and not all(p.get("warmed_up") for p in inpaint.get("pipeline", [])):
+        lines.append(
+            "That run timed each inpainting cold: its times include tuning the VAE's shapes on "
+            f"first use ({tuned:.0f} s of tuning in the run), which a machine pays once, so they "
+            "overstate later runs; `moebius bench` now times the inpainting after a warm-up."
+        )
     local = side.get("local_lambda", {}).get(STUDENT)
     if local:
         ratios = " / ".join(f"{r['ratio']:.2f}" for r in local["rows"])

@@ -112,7 +112,7 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys, 
     assert report["accuracy"][0]["dtype"] == "bfloat16"
     assert report["accuracy"][0]["latent_max_abs"] >= 0
     assert report["accuracy"][0]["decoded"]["psnr_db"] > 0
-    assert all(0 < p["vae_share"] < 1 for p in report["pipeline"])
+    assert all(0 < p["vae_share"] < 1 and not p["warmed_up"] for p in report["pipeline"])
     vae = report["vae"]
     assert {(r["run"], r["dtype"]) for r in vae["timings"]} == {
         (run, dtype)
