@@ -1,8 +1,11 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from moebius.nn.engines import CACHE_ENV, MODE_ENV
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -16,6 +19,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engines_off_the_user_cache(tmp_path_factory):
+    """PyTorch's own kernels unless a test asks for others (moebius.nn.engines): tuning by
+    timing would make results depend on machine load by float rounding, and its cache goes to a
+    temporary folder rather than the user's. Set in the environment, so CLI subprocesses agree."""
+    saved = {name: os.environ.get(name) for name in (MODE_ENV, CACHE_ENV)}
+    os.environ[MODE_ENV] = "aten"
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

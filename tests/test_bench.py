@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,10 @@ import torch
 import moebius
 from moebius.bench import fit_exponent, measured_flops, student_flops
 from moebius.cli import main as cli_main
+from moebius.nn import engines
+from moebius.nn.engines import CACHE_ENV, MODE_ENV
 from moebius.nn.fusion import set_plain
+from moebius.nn.kernels import LINEAR_ENGINES
 
 
 @pytest.mark.parametrize("height,width,batch", [(8, 8, 1), (8, 12, 2), (6, 10, 1)])
@@ -34,7 +38,13 @@ def test_fit_exponent_recovers_a_power_law():
     assert fit_exponent([512**2], [1.0]) is None
 
 
-def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
+def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys, monkeypatch):
+    monkeypatch.setenv(MODE_ENV, "tune")  # the engines are tuned as users' runs are
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "engines"))
+    cache = engines.cache_path(threads=1)
+    cache.parent.mkdir()
+    old = {"engine": "aten", "ms": {}}
+    cache.write_text(json.dumps({"schema": engines.SCHEMA, "choices": {"linear old": old}}))
     out = tmp_path / "bench"
     args = [
         "bench",
@@ -49,6 +59,7 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
         "--roofline-size", "128",
         "--threads", "1",
         "--system-allocator",
+        "--tune",
         "--out", str(out),
     ]  # fmt: skip
     assert cli_main(args) == 0
@@ -71,7 +82,7 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
             )
     assert set(report["roofline_flops_per_s"]) == {"float32", "bfloat16"}
     for dtype, rates in report["roofline_by_engine_flops_per_s"].items():
-        assert set(rates) == {"matmul", "onednn"}
+        assert "matmul" in rates and set(rates) <= {"matmul", *LINEAR_ENGINES} - {"aten"}
         assert report["roofline_flops_per_s"][dtype] == max(rates.values())
     ratios = {(r["ratio"], r["batch"], r["dtype"]) for r in report["ratios"]}
     assert ("student/sd-tiny", 2, "float32") in ratios
@@ -100,6 +111,27 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys):
     assert "## Local-λ, two exact ways" in (out / "bench.md").read_text()
     assert report["accuracy"][0]["dtype"] == "bfloat16"
     assert report["accuracy"][0]["latent_max_abs"] >= 0
+    assert report["accuracy"][0]["decoded"]["psnr_db"] > 0
+    assert all(0 < p["vae_share"] < 1 and not p["warmed_up"] for p in report["pipeline"])
+    vae = report["vae"]
+    assert {(r["run"], r["dtype"]) for r in vae["timings"]} == {
+        (run, dtype)
+        for run in (
+            "encode pair, one batch",
+            "encode pair, two batches",
+            "decode, channels-last",
+            "decode, channels-first",
+        )
+        for dtype in ("float32", "bfloat16")
+    }
+    assert all(r["median_s"] > 0 for r in vae["timings"])
+    errors = vae["errors"]
+    assert errors["dtype"] == "bfloat16" and errors["tile"] == 32
+    assert errors["decode"]["psnr_db"] > 20 and errors["tiled_decode"]["max_abs"] >= 0
+    chosen = report["engines"]
+    assert chosen["mode"] == "tune" and chosen["choices"]
+    assert Path(chosen["cache"]) == cache
+    assert "linear old" not in json.loads(cache.read_text())["choices"]  # --tune: timed anew
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "bench.md").read_text()
     assert text.index("## Ratios") < text.index("## Per-step latency")

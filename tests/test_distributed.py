@@ -225,7 +225,8 @@ def test_bad_world_settings_are_one_line_errors(
 
 
 def test_ranks_on_the_cpu_share_the_cores_unless_told():
-    args = argparse.Namespace(device="cpu", dtype="auto", threads=None)
+    # (not ``auto``: on the CPU rank 0 resolves that for all, which needs the process group)
+    args = argparse.Namespace(device="cpu", dtype="float32", threads=None)
     try:
         runtime = apply_runtime_args(args, World(rank=1, size=4, local_rank=1, local_size=2))
         assert runtime.threads == torch.get_num_threads() == max(1, available_cores() // 2)

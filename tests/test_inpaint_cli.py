@@ -331,6 +331,13 @@ def test_batch_refuses_other_settings_and_results_do_not_depend_on_batching(
     assert inpaint(model_dir, *argv, "--guidance", "1.5") == 0
     assert "0 written, 2 skipped" in capsys.readouterr().out
 
+    # run.json keeps the precision ``--dtype auto`` resolved to (float32 here: the suite times
+    # no engines), so naming it resumes and another precision is refused
+    assert inpaint(model_dir, *argv, "--guidance", "1.5", "--dtype", "float32") == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().out
+    assert inpaint(model_dir, *argv, "--guidance", "1.5", "--dtype", "bfloat16") == 2
+    assert "dtype: 'float32' -> 'bfloat16'" in capsys.readouterr().err
+
 
 def test_every_command_has_the_same_runtime_options():
     from moebius.cli import build_parser

@@ -41,6 +41,7 @@ def load_pipeline(
         model_config=model_config,
         device=runtime.device if runtime is not None else "cpu",
         dtype=runtime.dtype if runtime is not None else None,
+        fuse=True,  # BatchNorm folded into the projections: inference only, never saved
     )
     pipe.enable_vae_tiling()
     pipe.enable_vae_slicing()

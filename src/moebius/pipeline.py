@@ -121,6 +121,12 @@ class InpaintPipeline:
         """A sample of the VAE posterior of (B, 3, H, W) pixels in [−1, 1], × scaling factor."""
         raise NotImplementedError
 
+    def _encode_pair(self, pixels: np.ndarray, masked: np.ndarray, generators):
+        """Posterior samples of the images and of the masked images. Random numbers are drawn
+        in the authors' order, the image samples of the whole batch before the masked ones, so
+        a seed gives the same images however a backend batches the VAE."""
+        return self._encode(pixels, generators), self._encode(masked, generators)
+
     def _randn(self, shape: tuple[int, ...], generators):
         raise NotImplementedError
 
@@ -307,8 +313,7 @@ class InpaintPipeline:
         pixels = np.concatenate([image for image, _ in inputs])
         holes = np.concatenate([hole for _, hole in inputs])
         sampler = make_sampler(settings.scheduler, self.schedule, settings.steps, settings.strength)
-        image_latents = self._encode(pixels, generators)
-        masked_latents = self._encode(pixels * (1 - holes), generators)
+        image_latents, masked_latents = self._encode_pair(pixels, pixels * (1 - holes), generators)
         factor = self.vae_scale_factor
         latent_mask = self._array(np.ascontiguousarray(holes[:, :, ::factor, ::factor]))
         batch, channels = image_latents.shape[:2]
@@ -329,12 +334,16 @@ class InpaintPipeline:
 
 class MoebiusInpaintPipeline(InpaintPipeline):
     """The PyTorch backend. Components: ``model`` (any :class:`~moebius.LCGModel`: student or
-    teacher), ``vae`` (diffusers ``AutoencoderKL``) and ``schedule`` (the training noise
-    schedule, :class:`~moebius.sampling.NoiseSchedule`)."""
+    teacher), ``vae`` (diffusers ``AutoencoderKL``; its layers are switched in place to drop-in
+    subclasses that run channels-last maps on this machine's fastest kernels, see
+    :mod:`moebius.nn.adopt`) and ``schedule`` (the training noise schedule,
+    :class:`~moebius.sampling.NoiseSchedule`)."""
 
     def __init__(self, model, vae, schedule: NoiseSchedule | None = None):
+        from moebius.nn.adopt import adopt
+
         self.model = model.eval()
-        self.vae = vae.eval()
+        self.vae = adopt(vae.eval())  # the same VAE, on this machine's fastest kernels
         self.schedule = schedule if schedule is not None else NoiseSchedule()
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._progress_config = {}
@@ -484,12 +493,34 @@ class MoebiusInpaintPipeline(InpaintPipeline):
 
         return torch.from_numpy(values).to(self.device)
 
+    def _vae_input(self, values):
+        """Pixels or latents in the VAE's dtype, channels-last: its convolutions and norms then
+        run on the engines chosen for this machine (see :mod:`moebius.nn.adopt`)."""
+        import torch
+
+        values = self._array(values) if isinstance(values, np.ndarray) else values
+        dtype = next(self.vae.parameters()).dtype
+        return values.to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def _posterior_samples(self, pixels: np.ndarray, draws: int, generators):
+        """Posterior samples of ``draws`` equal parts of ``pixels`` encoded as one batch; each
+        part's noise is drawn before the next part's."""
+        import torch
+
+        posterior = self.vae.encode(self._vae_input(pixels)).latent_dist
+        mean, std = posterior.mean, posterior.std
+        part = (mean.shape[0] // draws, *mean.shape[1:])
+        noise = torch.cat([self._randn(part, generators, mean.dtype) for _ in range(draws)])
+        sample = (mean + std * noise.to(mean.device)).float() * self.vae.config.scaling_factor
+        return sample.contiguous()
+
     def _encode(self, pixels: np.ndarray, generators):
-        vae_param = next(self.vae.parameters())
-        posterior = self.vae.encode(self._array(pixels).to(vae_param.dtype)).latent_dist
-        noise = self._randn(tuple(posterior.mean.shape), generators, posterior.mean.dtype)
-        sample = posterior.mean + posterior.std * noise.to(posterior.mean.device)
-        return sample.float() * self.vae.config.scaling_factor
+        return self._posterior_samples(pixels, 1, generators)
+
+    def _encode_pair(self, pixels: np.ndarray, masked: np.ndarray, generators):
+        """Both through the VAE as one batch (twice the rows for every convolution)."""
+        both = self._posterior_samples(np.concatenate([pixels, masked]), 2, generators)
+        return both[: len(pixels)], both[len(pixels) :]
 
     def _noise_predictor(self, latent_mask, masked_latents, category: Category, guidance: float):
         import torch
@@ -521,7 +552,6 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         return predict
 
     def _decode(self, latents) -> np.ndarray:
-        vae_dtype = next(self.vae.parameters()).dtype
-        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
+        pixels = self.vae.decode(self._vae_input(latents / self.vae.config.scaling_factor)).sample
         pixels = (pixels.float() + 1) / 2
         return (pixels.clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)

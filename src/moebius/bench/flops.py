@@ -6,18 +6,15 @@ Both count 2 FLOPs per multiply-add and only matrix products and convolutions
 """
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
+from torch.utils.flop_counter import FlopCounterMode
 
-
-@register_flop_formula(torch.ops.aten.mkldnn_convolution)
-def _mkldnn_convolution_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """The count for oneDNN's convolution, which :mod:`moebius.nn.onednn` calls directly."""
-    return conv_flop_count(x_shape, w_shape, out_shape)
+from moebius.nn import engines
 
 
 def measured_flops(fn, *args) -> int:
-    """FLOPs ``fn(*args)`` performs, counted by ``torch.utils.flop_counter`` (2 per MAC)."""
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+    """FLOPs ``fn(*args)`` performs, counted by ``torch.utils.flop_counter`` (2 per MAC) on
+    PyTorch's own kernels, whose formulas it knows (every engine does the same arithmetic)."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode(), engines.use("aten"):
         fn(*args)
     return int(counter.get_total_flops())
 

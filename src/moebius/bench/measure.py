@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from moebius.nn.onednn import linear
+from moebius.nn.kernels import LINEAR_ENGINES, Product
 
 
 class Timer:
@@ -98,15 +98,24 @@ def matmul_rooflines(
     device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
 ) -> dict[str, float]:
     """Matrix-product throughput in FLOP/s, the fastest of ``repeats`` size³ products, through
-    ``@`` ("matmul") and through :func:`moebius.nn.onednn.linear` ("onednn"): on CPU in float32
-    the two reach different GEMM libraries (MKL and oneDNN), and either may be the faster."""
+    ``@`` ("matmul") and, on CPU, through every engine of :mod:`moebius.nn.kernels` that this
+    build and dtype support: they reach different GEMM libraries and layouts, and which is the
+    fastest depends on the CPU; the machine's roofline is the best of them."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
+    products = {"matmul": lambda: a @ b}
+    if device.type == "cpu":
+        for name, engine in LINEAR_ENGINES.items():
+            if name != "aten":  # F.linear is the same GEMM as ``@``
+                products[name] = lambda engine=engine: engine(Product(a, b, None))
     timer = Timer(device)
     rates = {}
     with torch.inference_mode():
-        for name, product in (("matmul", lambda: a @ b), ("onednn", lambda: linear(a, b))):
-            timer(product)
+        for name, product in products.items():
+            try:
+                timer(product)
+            except (RuntimeError, TypeError, NotImplementedError):
+                continue  # not in this build, or not for this dtype
             seconds = min(timer(product) for _ in range(repeats))  # best: the ceiling
             rates[name] = 2 * size**3 / seconds
     return rates

@@ -165,14 +165,17 @@ def markdown(report: dict) -> str:
             "",
             "## Full pipeline (VAE encode ×2 + N CFG steps + decode, batch 1 image)",
             "",
-            "| model | size | dtype | steps | encode s | denoise s | decode s | total s |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | size | dtype | steps | encode s | denoise s | decode s | total s "
+            "| VAE share |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["pipeline"]:
             lines.append(
                 f"| {r['label']} | {r['size'][0]}x{r['size'][1]} | {r['dtype']} | {r['steps']} "
-                f"| {r['encode_s']:.2f} | {r['denoise_s']:.2f} | {r['decode_s']:.2f} | {r['total_s']:.2f} |"
+                f"| {r['encode_s']:.2f} | {r['denoise_s']:.2f} | {r['decode_s']:.2f} "
+                f"| {r['total_s']:.2f} | {100 * r['vae_share']:.0f}% |"
             )
+    lines += _vae_lines(report.get("vae"))
     for label, prof in report.get("profile", {}).items():
         w, h = prof["size"]
         lines += [
@@ -212,7 +215,11 @@ def markdown(report: dict) -> str:
             f"(mean |ε| {a['eps_ref_mean_abs']:.3g})",
             f"- {a['trajectory_steps']}-step DDIM latent: max |Δ| {a['latent_max_abs']:.3g}, "
             f"mean |Δ| {a['latent_mean_abs']:.3g} (mean |z| {a['latent_ref_mean_abs']:.3g})",
+            f"- the image it decodes to (trained demo VAE, in {a['dtype']} for the {a['dtype']} "
+            f"run): PSNR {a['decoded']['psnr_db']:.1f} dB against float32, max |Δ| "
+            f"{a['decoded']['max_abs']}/255",
         ]
+    lines += _engine_lines(report.get("engines"))
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
@@ -252,3 +259,55 @@ def plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def _vae_lines(vae: dict | None) -> list[str]:
+    if not vae:
+        return []
+    lines = [
+        "",
+        "## The VAE",
+        "",
+        "Seconds per call, in turns (SDXL VAE configuration, random weights):",
+        "",
+        "| run | dtype | size | median s |",
+        "|---|---|---|---|",
+    ]
+    for r in vae["timings"]:
+        lines.append(
+            f"| {r['run']} | {r['dtype']} | {r['size'][0]}x{r['size'][1]} | {r['median_s']:.2f} |"
+        )
+    e = vae.get("errors")
+    if e:
+        w, h = e["size"]
+        lines += [
+            "",
+            f"Errors of the {e['vae']} on a {w}x{h} photo:",
+            "",
+            f"- {e['dtype']} encoder: mean |Δ| {e['encode_latent_mean_abs']:.3g} on the latent "
+            f"(mean |z| {e['latent_ref_mean_abs']:.3g})",
+            f"- {e['dtype']} decoder: PSNR {e['decode']['psnr_db']:.1f} dB against float32, "
+            f"max |Δ| {e['decode']['max_abs']}/255",
+            f"- decoding in {e['tile']} px tiles: PSNR {e['tiled_decode']['psnr_db']:.1f} dB "
+            f"against decoding whole, max |Δ| {e['tiled_decode']['max_abs']}/255 (the seams)",
+        ]
+    return lines
+
+
+def _engine_lines(engines: dict | None) -> list[str]:
+    if not engines or not engines.get("choices"):
+        return []
+    counts: dict[tuple[str, str], int] = {}
+    for key, engine in engines["choices"].items():
+        kind, dtype = key.split()[:2]
+        counts[(f"{kind} {dtype}", engine)] = counts.get((f"{kind} {dtype}", engine), 0) + 1
+    lines = [
+        "",
+        f"## Engines chosen on this machine ({engines['mode']}; cache {engines['cache']})",
+        "",
+        "| operation | engine | shapes |",
+        "|---|---|---|",
+    ]
+    for (operation, engine), count in sorted(counts.items()):
+        lines.append(f"| {operation} | {engine} | {count} |")
+    return lines

@@ -6,7 +6,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +21,10 @@ from moebius.bench.measure import (
     summarize,
 )
 from moebius.bench.subjects import Subject, build_subjects
+from moebius.bench.vae import decoded_difference
+from moebius.cpu import cpu_model, native_bfloat16
+from moebius.nn import engines
+from moebius.nn.adopt import adopt
 from moebius.runtime import autocast, synchronize
 from moebius.settings import InpaintSettings
 
@@ -53,6 +57,8 @@ class BenchSettings:
     threads: int | None = None
     roofline_size: int = 2048
     keep_freed_memory: bool = False  # CPU: see moebius.allocator
+    tune: bool = False  # time every engine again (moebius.nn.engines) instead of the cache
+    vae: bool = True  # the VAE's own timings and errors, at the first pipeline size
 
 
 def _allow_recompiles() -> None:
@@ -133,11 +139,11 @@ class Benchmark:
                         )
         return results
 
-    def _in_turns(self, runs: list[Callable]) -> list[list[float]]:
-        """``repeats`` timings of each run, taken in turns (A B C A B C …) so that machine
-        load hits all of them alike."""
+    def _in_turns(self, runs: list[Callable], repeats: int | None = None) -> list[list[float]]:
+        """``repeats`` (default: the settings') timings of each run, taken in turns (A B C A B C
+        …) so that machine load hits all of them alike."""
         times: list[list[float]] = [[] for _ in runs]
-        for _ in range(self.settings.repeats):
+        for _ in range(repeats or self.settings.repeats):
             for run, runs_s in zip(runs, times, strict=True):
                 runs_s.append(self.timer(run))
         return times
@@ -231,6 +237,10 @@ class Benchmark:
         vae_copy = vae if dtype == torch.float32 else copy.deepcopy(vae).to(dtype)
         pipe = MoebiusInpaintPipeline(subject.model(dtype), vae_copy)
         pipe.set_progress_bar_config(disable=True)
+        if self.settings.warmup:
+            # Untimed, with two steps: first calls tune the shapes the engine cache lacks (the
+            # VAE's) and pack weights, which a machine pays once, not on every inpainting.
+            pipe(image, Image.fromarray(mask), settings=replace(settings, steps=2))
         out = pipe(image, Image.fromarray(mask), settings=settings)
         timings = out.timings
         return {
@@ -240,7 +250,31 @@ class Benchmark:
             "denoise_s": timings["denoise"],
             "decode_s": timings["decode"] + timings["paste"],
             "total_s": timings["total"],
+            "vae_s": timings["encode"] + timings["decode"],
+            "vae_share": (timings["encode"] + timings["decode"]) / timings["total"],
+            "warmed_up": bool(self.settings.warmup),
         }
+
+    def vae(self, size: tuple[int, int]) -> dict:
+        """The VAE's fast-path choices timed against the alternatives (SDXL configuration) and
+        its reduced-precision and tiling errors (the trained demo VAE on a photo)."""
+        from diffusers import AutoencoderKL
+
+        from moebius.bench import vae as vae_bench
+
+        config_path = Path(__file__).resolve().parent.parent / "configs" / "sdxl_vae_config.json"
+        sdxl = AutoencoderKL.from_config(json.loads(config_path.read_text()))
+        sdxl = adopt(sdxl.eval().to(self.device))
+        repeats = min(self.settings.repeats, 3)  # seconds per call: fewer runs suffice
+        rows = []
+        for name in self.settings.dtypes:
+            self.log(f"VAE {name} at {size[0]}x{size[1]}")
+            rows += vae_bench.timings(
+                sdxl, size, DTYPES[name], partial(self._in_turns, repeats=repeats), self.device
+            )
+        low = [d for d in self.settings.dtypes if d != "float32"]
+        errors = vae_bench.errors(size, DTYPES[low[0]], self.device) if low else None
+        return {"timings": rows, "errors": errors}
 
     def profile(self, subject: Subject, size: tuple[int, int]) -> list[dict]:
         """Share of one batch-1 float32 forward spent in each kind of module."""
@@ -400,6 +434,8 @@ class Benchmark:
         out["latent_max_abs"] = (finals[1] - finals[0]).abs().max().item()
         out["latent_mean_abs"] = (finals[1] - finals[0]).abs().mean().item()
         out["latent_ref_mean_abs"] = finals[0].abs().mean().item()
+        # The images the two final latents decode to, each VAE in its trajectory's dtype.
+        out["decoded"] = decoded_difference(finals[0], finals[1], DTYPES[low], self.device)
         return out
 
     def run(self) -> dict:
@@ -418,14 +454,16 @@ class Benchmark:
             torch.backends.cudnn.benchmark = True  # shapes are fixed within a cell
         if s.keep_freed_memory and not keep_freed_memory():
             self.notes.append("could not tune the allocator (not glibc); system default used")
+        if s.tune:
+            engines.retune()
         subjects = self._subjects()
         if not subjects:
             from moebius.errors import InputError
 
             raise InputError("no model could be built: " + "; ".join(self.notes))
-        engines = {d: matmul_rooflines(self.device, DTYPES[d], s.roofline_size) for d in s.dtypes}
-        roofline = {d: max(rates.values()) for d, rates in engines.items()}
-        for d, rates in engines.items():
+        by_engine = {d: matmul_rooflines(self.device, DTYPES[d], s.roofline_size) for d in s.dtypes}
+        roofline = {d: max(rates.values()) for d, rates in by_engine.items()}
+        for d, rates in by_engine.items():
             each = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in rates.items())
             self.log(f"matmul roofline {d}: {roofline[d] / 1e9:.0f} GFLOP/s ({each})")
         report = {
@@ -436,7 +474,7 @@ class Benchmark:
             "flop_convention": "torch.utils.flop_counter: 2 FLOPs per multiply-add; "
             "matrix products and convolutions only",
             "roofline_flops_per_s": roofline,
-            "roofline_by_engine_flops_per_s": engines,
+            "roofline_by_engine_flops_per_s": by_engine,
             "results": self.step_latency(subjects, roofline),
         }
         report["pipeline"] = (
@@ -474,6 +512,8 @@ class Benchmark:
                     size = min(s.sizes, key=lambda wh: wh[0] * wh[1])
                     self.log(f"{low[0]} error of {subject.label} at {size}")
                     report["accuracy"].append(self.accuracy(subject, size, low[0]))
+        report["vae"] = self.vae(s.pipeline_sizes[0]) if s.vae and s.pipeline_sizes else None
+        report["engines"] = engines.report()
         report["notes"] = self.notes
         return report
 
@@ -484,15 +524,9 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "native_bfloat16": native_bfloat16(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

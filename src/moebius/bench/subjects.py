@@ -97,17 +97,13 @@ def _sd(config: dict, device: torch.device) -> nn.Module:
     from diffusers import UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
 
-    from moebius.nn.onednn import Linear
+    from moebius.nn.adopt import adopt
 
     diffusers_logging.set_verbosity_error()  # its advice on casting is for pretrained weights
 
-    unet = UNet2DConditionModel(**config).eval().to(device)
-    for module in unet.modules():
-        if type(module) is nn.Linear:
-            # Our models' projections run on oneDNN's GEMM (moebius.nn.onednn); give the
-            # baseline the same, so that its ratios compare architectures, not GEMM libraries.
-            module.__class__ = Linear
-    return unet
+    # Our models' products run on the engines tuned for this machine (moebius.nn.engines); give
+    # the baseline the same, so that its ratios compare architectures, not GEMM libraries.
+    return adopt(UNet2DConditionModel(**config).eval().to(device))
 
 
 class SDAsLCG(nn.Module):

@@ -114,6 +114,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CPU: leave glibc's allocator as is (by default freed memory is kept for reuse, "
         "which avoids page faults on every large tensor; applies to all models alike)",
     )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="time every kernel engine again for this machine and thread count instead of "
+        "using the cached choice (the cache is rewritten; see docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--no-vae",
+        action="store_true",
+        help="skip the VAE's own timings and bfloat16/tiling errors",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-module profile")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the bfloat16 error check")
     add_runtime_args(parser, dtype=False)
@@ -169,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         roofline_size=args.roofline_size,
         keep_freed_memory=device.type == "cpu" and not args.system_allocator,
+        tune=args.tune,
+        vae=not args.no_vae,
     )
     out = Path(args.out)
     log_lines: list[str] = []

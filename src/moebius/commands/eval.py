@@ -157,6 +157,7 @@ def _run(args: argparse.Namespace, world) -> int:
                 model_config=args.model_config,
                 device=device,
                 dtype=runtime.dtype,
+                fuse=True,  # BatchNorm folded into the projections: inference only, never saved
             ),
             main_first=True,  # a Hub download happens once
         )

@@ -200,13 +200,15 @@ def _pairs(args: argparse.Namespace) -> tuple[list[tuple[Path, Path]], list[str]
     return pairs, missing
 
 
-def _run_record(args: argparse.Namespace, settings) -> dict:
-    """What decides the outputs of a batch run, as written to OUT/run.json."""
+def _run_record(args: argparse.Namespace, settings, runtime) -> dict:
+    """What decides the outputs of a batch run, as written to OUT/run.json. The precision is
+    the one ``--dtype`` resolved to (``auto`` depends on the machine): a run resumed in another
+    would mix precisions in one folder."""
     return {
         "model": args.model,
         "variant": args.variant,
         "model_config": args.model_config,
-        "dtype": args.dtype,
+        "dtype": str(runtime.dtype).removeprefix("torch."),
         "invert_mask": args.invert_mask,
         "ext": args.ext.lstrip(".").lower(),
         "settings": settings.to_dict(),
@@ -252,7 +254,7 @@ def _target(args: argparse.Namespace, image: Path) -> Path:
     return args.out / f"{image.stem}.{args.ext.lstrip('.').lower()}"
 
 
-def _plan(args: argparse.Namespace, settings, pairs: list) -> tuple[dict, list[range]]:
+def _plan(args: argparse.Namespace, settings, runtime, pairs: list) -> tuple[dict, list[range]]:
     """Rank 0 alone, before any output is written: sweep what a killed run left, check (and
     record) the settings, and list the chunks still to do."""
     from moebius.files import remove_stale_temporaries
@@ -260,7 +262,7 @@ def _plan(args: argparse.Namespace, settings, pairs: list) -> tuple[dict, list[r
 
     args.out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(args.out)  # left by a run killed mid-write
-    record = _check_run(args.out / RUN_FILE, _run_record(args, settings), args.overwrite)
+    record = _check_run(args.out / RUN_FILE, _run_record(args, settings, runtime), args.overwrite)
     # fixed chunks of the sorted list: a resumed run denoises the same batches, bit for bit
     work = chunks(len(pairs), args.batch_size)
     if args.overwrite:
@@ -321,7 +323,7 @@ def _run_batch(args: argparse.Namespace, settings, runtime, world) -> int:
         raise InputError(f"no images found in {args.images}")
     listing = "\n".join(f"{image}\t{mask}" for image, mask in pairs) + f"\n{missing}"
     world.require_same(listing, f"files in {args.images} and {args.masks}")
-    record, todo = world.run_on_main(lambda: _plan(args, settings, pairs))
+    record, todo = world.run_on_main(lambda: _plan(args, settings, runtime, pairs))
     world.require_shared(args.out / RUN_FILE)
     settings = InpaintSettings.from_mapping(record["settings"])
     skipped = len(pairs) - sum(len(chunk) for chunk in todo)

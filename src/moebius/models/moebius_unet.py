@@ -10,7 +10,6 @@ layer pops one and concatenates it after its input.
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
@@ -262,6 +261,18 @@ class MoebiusUNet(nn.Module):
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
     ) -> ModelOutput:
         fast = not (self.plain or self.training)
+        dtype = self.conv_in.conv_dw.weight.dtype
+        if fast and dtype == torch.bfloat16 and x.device.type in ("cpu", "cuda"):
+            # bfloat16 weights run natively: activations stay bfloat16 from op to op, and the
+            # norms and softmax accumulate their statistics in float32 themselves. Autocast
+            # would instead cast every product's input and send norms to float32 and back.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x.to(dtype), timesteps, context.to(dtype), fast)
+        return self._forward(x, timesteps, context, fast)
+
+    def _forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, fast: bool
+    ) -> ModelOutput:
         if fast:
             # Channels-last maps make every map ↔ token reshape in the blocks a free view.
             x = x.contiguous(memory_format=torch.channels_last)
@@ -279,7 +290,7 @@ class MoebiusUNet(nn.Module):
             h = up(h, skips, temb, context)
             block_outputs.append(h)
 
-        sample = self.conv_out(F.silu(group_norm(h, self.conv_norm_out)))
+        sample = self.conv_out(group_norm(h, self.conv_norm_out, activation="silu"))
         if fast:
             sample = sample.contiguous()
         return ModelOutput(sample=sample, block_outputs=block_outputs)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.nn.engines import Linear
 from moebius.nn.gla import gated_linear_attention
-from moebius.nn.onednn import Linear
 
 
 class CrossAttention(nn.Module):

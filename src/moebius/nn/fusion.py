@@ -9,9 +9,11 @@ speed-ups against it or to debug.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from moebius.nn.onednn import linear
+from moebius.nn.engines import linear
+from moebius.nn.kernels import ACTIVATIONS
 
 
 @torch.no_grad()
@@ -43,9 +45,15 @@ def is_plain(model: nn.Module) -> bool:
     return any(getattr(module, "plain", False) for module in model.modules())
 
 
-def pointwise(tokens: torch.Tensor, conv: nn.Conv2d | nn.Linear) -> torch.Tensor:
-    """A 1×1 conv (or Linear) applied to (..., C) tokens as a matrix product."""
-    return linear(tokens, conv.weight.reshape(conv.weight.shape[0], -1), conv.bias)
+def pointwise(
+    tokens: torch.Tensor,
+    conv: nn.Conv2d | nn.Linear,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``activation(conv(tokens)) + residual`` for a 1×1 conv (or Linear) on (..., C) tokens,
+    as one matrix product (see :func:`moebius.nn.engines.linear`)."""
+    return linear(tokens, conv.weight, conv.bias, activation=activation, residual=residual)
 
 
 def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
@@ -56,20 +64,27 @@ def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return torch.addcmul(norm.bias - norm.running_mean * scale, tokens, scale)
 
 
-def group_norm(x: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """``norm(x)``, computed with a two-pass variance when ``x`` is a channels-last map.
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = None) -> torch.Tensor:
+    """``activation(norm(x))``; a channels-last map is first centred on each group's mean.
 
-    PyTorch's channels-last GroupNorm kernel on CPU uses E[x²] − E[x]², which loses
-    most float32 digits when a group's mean is large against its spread (an offset
-    of 100 costs ~1e-2 absolute); centring first keeps it exact to rounding.
+    PyTorch's channels-last GroupNorm kernel on CPU is the fast one (several times faster than
+    the channels-first kernel on a converted copy), but it takes the variance as E[x²] − E[x]²,
+    which loses most float32 digits when a group's mean is large against its spread (an offset
+    of 100 costs ~1e-2 absolute, and bfloat16 loses everything). Subtracting a constant from a
+    group does not change its normalisation, so each group's mean (a column sum over the
+    pixels, accumulated in float32) is subtracted first, in the map's dtype (the constant need
+    not be exact, only near the mean): the kernel then sees means near 0, where it is exact to
+    rounding. The activation runs in place.
     """
-    if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return norm(x)
-    b, c, h, w = x.shape
-    groups = x.permute(0, 2, 3, 1).reshape(b, h * w, norm.num_groups, c // norm.num_groups)
-    groups = groups.float()
-    centred = groups - groups.mean(dim=(1, 3), keepdim=True)
-    variance = centred.square().mean(dim=(1, 3), keepdim=True)
-    y = (centred * torch.rsqrt(variance + norm.eps)).reshape(b, h, w, c)
-    y = torch.addcmul(norm.bias.float(), y, norm.weight.float()).to(x.dtype)
-    return y.permute(0, 3, 1, 2)
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        b, c, h, w = x.shape
+        groups = norm.num_groups
+        sums = x.permute(0, 2, 3, 1).reshape(b, h * w, c).sum(dim=1, dtype=torch.float32)
+        means = sums.view(b, groups, c // groups).mean(-1, keepdim=True) / (h * w)
+        x = x - means.expand(b, groups, c // groups).reshape(b, c, 1, 1).to(x.dtype)
+    y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return y if activation is None else ACTIVATIONS[activation](y, inplace=True)

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
+from moebius.nn.engines import window_contraction
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
-from moebius.nn.onednn import linear
+from moebius.nn.kernels import WindowContraction
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -129,26 +130,20 @@ class LocalLambda(nn.Module):
         shared = torch.bmm(k.transpose(1, 2), v) + self.pos_conv.bias[None, :, None]
         # Work on a grid 2·pad columns wider than the image, so that the r×r neighbourhood
         # row dy of every position n' = y·(W + 2·pad) + x is the contiguous (r, v) block at
-        # row n' + dy·(W + 2·pad) of the padded values: each dy is one batched GEMM over a
-        # strided view, with no gather. The extra columns are dropped at the end.
+        # row n' + dy·(W + 2·pad) of the padded values: each dy is one batched GEMM, with no
+        # gather (two ways, timed per machine: moebius.nn.kernels.WindowContraction). The
+        # extra columns are dropped at the end.
         wide = width + 2 * pad
         q = F.pad(q.reshape(b, height, width, -1), (0, 0, 0, 2 * pad))
         q = q.reshape(b, height * wide, self.heads, self.dim_k)
         y = torch.bmm(q.reshape(b, -1, self.dim_k), shared.to(q.dtype))
         y = y.reshape(b, height * wide, self.heads, self.dim_v)
-        taps = linear(q, self.pos_conv.weight.reshape(self.dim_k, r * r).t().to(q.dtype))
-        values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad))
-        values = F.pad(values.reshape(b, -1), (0, r * self.dim_v)).to(y.dtype)
-        for i in range(b):
-            base = values[i]
-            for dy in range(r):
-                window = base.as_strided(
-                    (height * wide, r, self.dim_v),
-                    (self.dim_v, self.dim_v, 1),
-                    base.storage_offset() + dy * wide * self.dim_v,
-                )
-                y[i].baddbmm_(taps[i, :, :, dy * r : (dy + 1) * r].to(y.dtype), window)
-        y = y.reshape(b, height, wide, -1)[:, :, :width]
+        # One more padding row at the bottom: the spare rows the last windows reach into.
+        values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad + 1))
+        values = values.reshape(b, -1, self.dim_v).to(y.dtype)
+        bank = self.pos_conv.weight.reshape(self.dim_k, r * r).to(q.dtype)
+        window = WindowContraction(q, bank, values, y, wide, r, source=self.pos_conv.weight)
+        y = window_contraction(window).reshape(b, height, wide, -1)[:, :, :width]
         return y.reshape(b, n, self.heads * self.dim_v)
 
     def fuse_batchnorm(self) -> None:
@@ -231,7 +226,8 @@ class InteractiveLambda(nn.Module):
         content_lambda = torch.bmm(k.transpose(1, 2), v)  # (B, k, v)
         table = resample_position_table(self.rel_pos_emb, size).squeeze(-1)  # (n, m, k)
         heads_q = q.reshape(b, n, self.heads, self.dim_k)
-        weights = torch.matmul(heads_q, table.transpose(1, 2))  # (B, n, heads, m)
+        # Per image, so that the table is not expanded over the batch (a copy).
+        weights = torch.stack([torch.bmm(one, table.transpose(1, 2)) for one in heads_q])
         y = torch.baddbmm(
             torch.bmm(q.reshape(b, n * self.heads, self.dim_k), content_lambda),
             weights.reshape(b, n * self.heads, -1),

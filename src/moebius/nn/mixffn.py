@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.nn.engines import conv2d
 from moebius.nn.fusion import pointwise
 from moebius.nn.lambda_layers import map_to_tokens, tokens_to_map
-from moebius.nn.onednn import conv2d
 
 
 class _Conv(nn.Module):
@@ -45,7 +45,7 @@ class MixFFN(nn.Module):
         return self.point_conv(value * F.silu(gate))
 
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        h = F.silu(pointwise(x, self.inverted_conv.conv))  # (B, n, 2h)
+        h = pointwise(x, self.inverted_conv.conv, activation="silu")  # (B, n, 2h)
         h = map_to_tokens(conv2d(tokens_to_map(h, size), self.depth_conv.conv))
         value, gate = h.chunk(2, dim=-1)
         return pointwise(value * F.silu(gate), self.point_conv.conv)

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.nn.engines import conv2d
+
 
 class Downsample(nn.Module):
     """3×3 conv with stride 2."""
@@ -13,7 +15,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return conv2d(x, self.conv)
 
 
 class Upsample(nn.Module):
@@ -28,4 +30,4 @@ class Upsample(nn.Module):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
             x = F.interpolate(x, size=size, mode="nearest")
-        return self.conv(x)
+        return conv2d(x, self.conv)

@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
+from moebius.nn.engines import conv2d
 from moebius.nn.fusion import group_norm
 from moebius.nn.lambda_block import map_to_tokens, tokens_to_map
-from moebius.nn.onednn import conv2d
 
 
 class Transformer2D(nn.Module):
@@ -23,4 +23,4 @@ class Transformer2D(nn.Module):
         tokens = map_to_tokens(conv2d(group_norm(x, self.norm), self.proj_in))
         for block in self.transformer_blocks:
             tokens = block(tokens, context, size)
-        return x + conv2d(tokens_to_map(tokens, size), self.proj_out)
+        return conv2d(tokens_to_map(tokens, size), self.proj_out, residual=x)

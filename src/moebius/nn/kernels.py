@@ -1,0 +1,309 @@
+"""The interchangeable implementations ("engines") of a matrix product and of a convolution.
+
+Each engine computes exactly the same maths as ``F.linear`` / ``F.conv2d`` (equal to the
+dtype's rounding) through a different library or memory layout; which one is fastest depends
+on the CPU, the dtype, the thread count and the shape, so :mod:`moebius.nn.engines` times them
+on the machine and picks. Matrix products (``x @ Wᵀ + b`` over the last dimension of ``x``):
+
+* ``aten``: PyTorch's own ``F.linear`` (on CPU: MKL's GEMM in float32, oneDNN's in bfloat16).
+* ``onednn-conv``: oneDNN's 1×1 convolution over the rows, seen as a channels-last
+  (1, K, M, 1) map without a copy.
+* ``onednn-packed``: oneDNN's matrix product on a weight re-laid-out once into the blocked
+  format the kernel reads ("pre-packed"), so no call pays for the reordering.
+* ``mkl-packed`` (float32): MKL's GEMM on a weight packed once with MKL's own packing.
+
+Convolutions of channels-last maps (k×k, depthwise or dense): ``aten`` (``F.conv2d``), ``onednn``
+(oneDNN's convolution called directly, no layout decision), ``onednn-packed`` (on a weight
+re-laid-out once) and ``aten-nchw`` (``F.conv2d`` on a channels-first copy, converted back).
+
+The packed engines call PyTorch's ``torch.ops.mkldnn`` / ``torch.ops.mkl`` operators (the ones
+``torch.compile`` emits on CPU); builds without them simply never pick those engines. A
+product may carry an epilogue, ``activation(x @ Wᵀ + b) + residual``, which engines that can
+fuse it do in the same pass.
+"""
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "relu": F.relu,
+}
+_ONEDNN_ACTIVATION = {None: "none", "silu": "swish", "relu": "relu"}
+
+
+# ---------------------------------------------------------------------- weights packed once
+_PACKED: dict[tuple, tuple[weakref.ref, int, torch.Tensor]] = {}
+_WATCHED: set[int] = set()
+
+
+def _version(tensor: torch.Tensor) -> int:
+    try:
+        return tensor._version
+    except RuntimeError:  # an inference tensor: it has no version counter
+        return 0
+
+
+def _forget(ident: int) -> None:
+    _WATCHED.discard(ident)
+    for key in [k for k in _PACKED if k[0] == ident]:
+        del _PACKED[key]
+
+
+def packed(source: torch.Tensor, kind: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()``'s packed copy of the weight ``source``, made once and reused for as long as
+    ``source`` lives unmodified (an in-place change, e.g. loading weights, makes a new one)."""
+    ident = id(source)
+    key = (ident, *kind)
+    entry = _PACKED.get(key)
+    if entry is not None and entry[0]() is source and entry[1] == _version(source):
+        return entry[2]
+    if ident not in _WATCHED:
+        weakref.finalize(source, _forget, ident)
+        _WATCHED.add(ident)
+    result = make()
+    _PACKED[key] = (weakref.ref(source), _version(source), result)
+    return result
+
+
+# ---------------------------------------------------------------------- matrix products
+@dataclass(frozen=True)
+class Product:
+    """One call of a matrix product: ``activation(x @ weight2dᵀ + bias) + residual``.
+
+    ``weight`` is (N, K) or a 1×1 convolution's (N, K, 1, 1); ``source`` is the parameter the
+    weight derives from (itself unless the caller reshaped it), the key for packed copies."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    activation: str | None = None
+    residual: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+    @property
+    def rows(self) -> int:
+        return self.x.numel() // self.x.shape[-1]
+
+    def finish(self, y: torch.Tensor, activated: bool = False, added: bool = False):
+        """Apply what the kernel did not fuse."""
+        if self.activation is not None and not activated:
+            y = ACTIVATIONS[self.activation](y)
+        if self.residual is not None and not added:
+            y = y + self.residual
+        return y
+
+
+def _aten_linear(p: Product) -> torch.Tensor:
+    return p.finish(F.linear(p.x, p.matrix, p.bias))
+
+
+def _conv_route_linear(p: Product) -> torch.Tensor:
+    *lead, channels = p.x.shape
+    as_map = p.x.reshape(1, -1, 1, channels).permute(0, 3, 1, 2)
+    out = torch.ops.aten.mkldnn_convolution(
+        as_map, p.matrix[:, :, None, None], p.bias, (0, 0), (1, 1), (1, 1), 1
+    )
+    return p.finish(out.permute(0, 2, 3, 1).reshape(*lead, -1))
+
+
+def _packing_source(p: Product) -> tuple[torch.Tensor, tuple]:
+    """The tensor a packed copy of ``p.weight`` is remembered under, and where in it the weight
+    sits: its source parameter when the weight is a view of it (one parameter can give several
+    weights, e.g. slices), else the weight itself."""
+    source = p.weight
+    if p.source is not None and (
+        p.weight.untyped_storage().data_ptr() == p.source.untyped_storage().data_ptr()
+    ):
+        source = p.source
+    return source, (p.weight.storage_offset(), tuple(p.weight.stride()), tuple(p.weight.shape))
+
+
+def _onednn_packed_linear(p: Product) -> torch.Tensor:
+    source, where = _packing_source(p)
+    # Laid out for any number of rows: one packed copy per weight, whatever the image size.
+    weight = packed(
+        source,
+        ("onednn-linear", p.x.dtype, where),
+        lambda: torch.ops.mkldnn._reorder_linear_weight(p.matrix.contiguous()),
+    )
+    x = p.x if p.x.stride(-1) == 1 else p.x.contiguous()
+    residual = p.residual
+    if (
+        residual is not None
+        and p.activation is None
+        and residual.shape == (*x.shape[:-1], weight.shape[0])
+        and residual.dtype == x.dtype
+        and residual.is_contiguous()
+    ):
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, p.bias, "add")
+    out = torch.ops.mkldnn._linear_pointwise(
+        x, weight, p.bias, _ONEDNN_ACTIVATION[p.activation], [], ""
+    )
+    return p.finish(out, activated=True)
+
+
+def _mkl_packed_linear(p: Product) -> torch.Tensor:
+    if p.x.dtype != torch.float32:
+        raise TypeError("MKL's packed GEMM is float32 only")
+    source, where = _packing_source(p)
+    rows = p.rows
+    matrix = p.matrix.contiguous()
+    # MKL packs for a row count: one copy per weight and row count the model meets.
+    weight = packed(
+        source,
+        ("mkl-linear", rows, where),
+        lambda: torch.ops.mkl._mkl_reorder_linear_weight(matrix, rows),
+    )
+    *lead, channels = p.x.shape
+    out = torch.ops.mkl._mkl_linear(p.x.reshape(-1, channels), weight, matrix, p.bias, rows)
+    return p.finish(out.reshape(*lead, -1))
+
+
+LINEAR_ENGINES: dict[str, Callable[[Product], torch.Tensor]] = {
+    "aten": _aten_linear,
+    "onednn-conv": _conv_route_linear,
+    "onednn-packed": _onednn_packed_linear,
+    "mkl-packed": _mkl_packed_linear,
+}
+
+
+# ---------------------------------------------------------------------- convolutions
+@dataclass(frozen=True)
+class Convolution:
+    """One call of ``activation(conv(x))`` on a channels-last map."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    activation: str | None = None
+
+    def finish(self, y: torch.Tensor, activated: bool = False) -> torch.Tensor:
+        if self.activation is not None and not activated:
+            y = ACTIVATIONS[self.activation](y)
+        return y
+
+    def aten(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+def _aten_conv(c: Convolution) -> torch.Tensor:
+    return c.finish(c.aten(c.x))
+
+
+def _aten_nchw_conv(c: Convolution) -> torch.Tensor:
+    out = c.aten(c.x.contiguous())
+    return c.finish(out.contiguous(memory_format=torch.channels_last))
+
+
+def _onednn_conv(c: Convolution) -> torch.Tensor:
+    out = torch.ops.aten.mkldnn_convolution(
+        c.x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups
+    )
+    return c.finish(out)
+
+
+def _onednn_packed_conv(c: Convolution) -> torch.Tensor:
+    # Laid out for any input size: one packed copy per weight.
+    weight = packed(
+        c.weight,
+        ("onednn-conv", c.x.dtype),
+        lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+            c.weight.to_mkldnn(), list(c.padding), list(c.stride), list(c.dilation), c.groups
+        ),
+    )
+    out = torch.ops.mkldnn._convolution_pointwise(
+        c.x,
+        weight,
+        c.bias,
+        list(c.padding),
+        list(c.stride),
+        list(c.dilation),
+        c.groups,
+        _ONEDNN_ACTIVATION[c.activation],
+        [],
+        "",
+    )
+    return c.finish(out, activated=True)
+
+
+CONV_ENGINES: dict[str, Callable[[Convolution], torch.Tensor]] = {
+    "aten": _aten_conv,
+    "aten-nchw": _aten_nchw_conv,
+    "onednn": _onednn_conv,
+    "onednn-packed": _onednn_packed_conv,
+}
+
+
+# ---------------------------------------------------------------------- window contractions
+@dataclass(frozen=True)
+class WindowContraction:
+    """``y[i, n] += Σ_{dy,dx} (q[i, n] · bank[:, dy·r + dx]) · values[i, n + dy·wide + dx]``.
+
+    Positions n lie on a grid ``wide`` columns wide (the image plus padding columns); the heads'
+    queries q[i, n] (heads, k) against the kernel bank (k, r·r) give r×r taps per head, which
+    weight the r×r neighbourhood of value rows around n. ``values`` (b, rows, v) holds the
+    padded value grid flattened, with at least r spare rows at the end; ``y`` (b, n, heads, v)
+    is accumulated in place. ``source``: the parameter the bank is a view of (for packing)."""
+
+    q: torch.Tensor
+    bank: torch.Tensor
+    values: torch.Tensor
+    y: torch.Tensor
+    wide: int
+    r: int
+    source: torch.Tensor | None = None
+    linear: Callable | None = None  # the product to use: moebius.nn.engines.linear
+
+
+def _strided_windows(c: WindowContraction) -> torch.Tensor:
+    """All r·r taps in one product; per image and kernel row dy, one batched product of the taps
+    with the r value rows at n + dy·wide, read as overlapping strided windows without a copy."""
+    b, n, _, _ = c.q.shape
+    v = c.values.shape[-1]
+    taps = c.linear(c.q, c.bank.t(), source=c.source)  # (b, n, heads, r·r)
+    for i in range(b):
+        base = c.values[i]
+        for dy in range(c.r):
+            window = base.as_strided(
+                (n, c.r, v), (v, v, 1), base.storage_offset() + dy * c.wide * v
+            )
+            c.y[i].baddbmm_(taps[i, :, :, dy * c.r : (dy + 1) * c.r], window)
+    return c.y
+
+
+def _unfolded_windows(c: WindowContraction) -> torch.Tensor:
+    """Each image's value rows unfolded once into contiguous (r, v) windows; per kernel row dy,
+    the r taps of that row (one product) and one batched product over contiguous operands. For
+    kernels that copy strided or overlapping operands (bfloat16's), this avoids r copies."""
+    b, n, _, _ = c.q.shape
+    v = c.values.shape[-1]
+    rows = n + (c.r - 1) * c.wide
+    rows_of_bank = c.bank.t()  # (r·r, k): one row per tap
+    for i in range(b):
+        base = c.values[i]
+        windows = base.as_strided((rows, c.r, v), (v, v, 1), base.storage_offset()).contiguous()
+        for dy in range(c.r):
+            taps = c.linear(c.q[i], rows_of_bank[dy * c.r : (dy + 1) * c.r], source=c.source)
+            c.y[i].baddbmm_(taps, windows[dy * c.wide : dy * c.wide + n])
+    return c.y
+
+
+WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
+    "strided-windows": _strided_windows,
+    "unfolded-windows": _unfolded_windows,
+}

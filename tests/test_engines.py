@@ -1,0 +1,305 @@
+"""moebius.nn.engines / kernels: every engine computes the same maths, the tuner's choice is
+timed once, cached per machine and used, and a broken cache is tuned again."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_vae
+from torch import nn
+
+import moebius
+from moebius.bench.flops import measured_flops
+from moebius.models.lcg import category_ids
+from moebius.nn import engines
+from moebius.nn.adopt import adopt
+from moebius.nn.engines import CACHE_ENV, MODE_ENV, Linear, conv2d, linear
+from moebius.nn.kernels import CONV_ENGINES, LINEAR_ENGINES, WINDOW_ENGINES
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to the largest magnitude
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    scale = expected.float().abs().max().item()
+    assert (got.float() - expected.float()).abs().max().item() <= TOLERANCE[dtype] * scale
+
+
+@pytest.fixture
+def tuning(tmp_path, monkeypatch):
+    """Tuning on, into an empty cache folder of its own."""
+    monkeypatch.setenv(MODE_ENV, "tune")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("engine", list(LINEAR_ENGINES))
+@pytest.mark.parametrize(
+    "epilogue", [{}, {"activation": "silu"}, {"residual": True}, {"activation": "relu"}]
+)
+def test_every_linear_engine_computes_f_linear(engine, dtype, epilogue):
+    if engine == "mkl-packed" and dtype != torch.float32:
+        pytest.skip("MKL packs float32 only")
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 24).to(dtype)
+    weight = nn.Parameter(torch.randn(16, 24).to(dtype), requires_grad=False)
+    bias = torch.randn(16).to(dtype)
+    residual = torch.randn(2, 5, 7, 16).to(dtype) if epilogue.get("residual") else None
+    activation = epilogue.get("activation")
+    expected = F.linear(x, weight, bias)
+    if activation:
+        expected = getattr(F, activation)(expected)
+    if residual is not None:
+        expected = expected + residual
+    with torch.inference_mode(), engines.use(engine):
+        _close(linear(x, weight, bias, activation=activation, residual=residual), expected, dtype)
+        # A transposed view of a parameter, named as the source of its packed copy
+        transposed = nn.Parameter(weight.t().contiguous(), requires_grad=False)
+        got = linear(
+            x, transposed.t(), bias, activation=activation, residual=residual, source=transposed
+        )
+        _close(got, expected, dtype)
+        # 1×1 convolution weights are matrix products too
+        conv_weight = nn.Parameter(weight[:, :, None, None].clone(), requires_grad=False)
+        got = linear(x, conv_weight, bias, activation=activation, residual=residual)
+        _close(got, expected, dtype)
+
+
+def test_a_packed_weight_follows_in_place_changes():
+    x = torch.randn(6, 8)
+    weight = nn.Parameter(torch.randn(5, 8), requires_grad=False)
+    with torch.inference_mode(), engines.use("onednn-packed"):
+        before = linear(x, weight)
+        with torch.no_grad():
+            weight.mul_(2)  # as loading or folding weights does
+        torch.testing.assert_close(linear(x, weight), 2 * before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("engine", list(CONV_ENGINES))
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.Conv2d(16, 8, 3, stride=2, padding=1),
+        nn.Conv2d(16, 8, 1),
+        nn.Conv2d(16, 8, 1, bias=False),
+    ],
+    ids=["depthwise", "stride2", "1x1", "1x1-no-bias"],
+)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_every_conv_engine_computes_the_module(engine, dtype, conv, activation):
+    torch.manual_seed(2)
+    conv = copy.deepcopy(conv).to(dtype).requires_grad_(False)
+    x = torch.randn(2, 16, 9, 7).to(dtype)
+    expected = conv(x)
+    if activation:
+        expected = F.relu(expected)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), engines.use(engine):
+        got = conv2d(channels_last, conv, activation=activation)
+        _close(got.contiguous(), expected, dtype)
+        residual = torch.randn_like(expected).contiguous(memory_format=torch.channels_last)
+        got = conv2d(channels_last, conv, activation=activation, residual=residual)
+        _close(got.contiguous(), expected + residual, dtype)
+    with torch.inference_mode():
+        assert torch.equal(conv2d(x, conv), conv(x))  # channels-first maps take the module
+
+
+@pytest.fixture(scope="module")
+def fused_student():
+    torch.manual_seed(3)
+    model = moebius.build_model("tests/fixtures/moebius_tiny_a.yaml").eval()
+    for module in model.modules():  # BatchNorm statistics away from the identity
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    return model.fuse()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_engine_gives_the_student_the_same_output(fused_student, dtype):
+    model = copy.deepcopy(fused_student).to(dtype)
+    x = torch.randn(2, 9, 16, 24, generator=torch.Generator().manual_seed(4))
+    ids = torch.cat([category_ids("foreground", 1), category_ids("background", 1)])
+    outputs = {}
+    with torch.inference_mode():
+        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES):
+            with engines.use(engine):
+                outputs[engine] = model(x, torch.tensor([500]), ids).sample.float()
+    reference = outputs.pop("aten")
+    scale = reference.abs().max()
+    for engine, out in outputs.items():
+        error = (out - reference).abs().max() / scale
+        # float32: rounding; bfloat16: a few of its rounding steps through the network
+        assert error <= (1e-5 if dtype == torch.float32 else 5e-2), engine
+
+
+def test_the_tuned_choice_is_timed_once_cached_and_used(tuning):
+    x, weight = torch.randn(512, 256), torch.randn(128, 256)
+    expected = F.linear(x, weight)
+    with torch.inference_mode():
+        _close(linear(x, weight), expected, torch.float32)
+    path = engines.cache_path()
+    assert path.parent == tuning
+    document = json.loads(path.read_text())
+    assert document["schema"] == engines.SCHEMA and document["threads"] == 1
+    ((key, entry),) = document["choices"].items()
+    assert key == "linear float32 512x256x128"
+    assert "aten" in entry["ms"] and entry["engine"] == min(entry["ms"], key=entry["ms"].get)
+    assert engines.report()["choices"] == {key: entry["engine"]}
+    # A row count in the same power-of-two bucket reuses the choice: nothing is timed again.
+    with torch.inference_mode():
+        _close(linear(x[:300], weight), expected[:300], torch.float32)
+    assert json.loads(path.read_text()) == document
+
+
+def test_every_engine_gives_the_vae_the_same_output():
+    """The VAE the pipeline adopts (channels-last maps on the engines) against diffusers' own
+    module on channels-first maps, to float32 rounding."""
+    plain = tiny_vae(seed=5)
+    adopted = adopt(copy.deepcopy(plain))
+    image = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with torch.inference_mode():
+        expected = plain.decode(plain.encode(image).latent_dist.mean).sample
+        fast = image.contiguous(memory_format=torch.channels_last)
+        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES):
+            with engines.use(engine):
+                latent = adopted.encode(fast).latent_dist.mean
+                got = adopted.decode(latent.contiguous(memory_format=torch.channels_last))
+            error = (got.sample - expected).abs().max() / expected.abs().max()
+            assert error <= 1e-5, engine
+
+
+# What a fresh process runs: one product on the tuned engines, then what it knows of them.
+ONE_PRODUCT = """
+import json, sys, torch
+from moebius.nn import engines
+torch.set_num_threads(1)
+x, weight = torch.randn(512, 256), torch.randn(128, 256)
+with torch.inference_mode():
+    assert engines.linear(x, weight).shape == (512, 128)
+json.dump(engines.report(), sys.stdout)
+"""
+
+
+def test_a_second_process_reads_the_cache_and_times_nothing(tuning):
+    def fresh_process() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", ONE_PRODUCT],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first = fresh_process()
+    path = engines.cache_path(threads=1)
+    assert first["cache"] == str(path) and first["tuning_seconds"] > 0
+    assert list(first["choices"]) == ["linear float32 512x256x128"]
+    written = path.read_bytes()
+    second = fresh_process()
+    assert second["tuning_seconds"] == 0 and second["choices"] == first["choices"]
+    assert path.read_bytes() == written
+
+
+def test_retune_times_the_shapes_again(tuning):
+    """What ``moebius bench --tune`` does first: a cached choice is forgotten and timed anew."""
+    key = "linear float32 512x256x128"
+    stale = {"engine": "onednn-conv", "ms": {"onednn-conv": 1e9}}
+    engines.cache_path().write_text(json.dumps({"schema": engines.SCHEMA, "choices": {key: stale}}))
+    assert engines.table().engine(key, LINEAR_ENGINES) == "onednn-conv"
+    engines.retune()
+    x, weight = torch.randn(512, 256), torch.randn(128, 256)
+    with torch.inference_mode():
+        _close(linear(x, weight), F.linear(x, weight), torch.float32)
+    assert engines.table().tuning_seconds > 0
+    entry = json.loads(engines.cache_path().read_text())["choices"][key]
+    assert entry != stale and "aten" in entry["ms"]
+
+
+@pytest.mark.parametrize("engine", ["onednn-conv", "mkl-packed"])
+def test_a_cached_choice_is_used_without_timing(tuning, engine):
+    key = "linear float32 512x256x128"
+    choices = {key: {"engine": engine, "ms": {}}}
+    engines.cache_path().write_text(json.dumps({"schema": engines.SCHEMA, "choices": choices}))
+    x, weight = torch.randn(512, 256), torch.randn(128, 256)
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        got = linear(x, weight)
+    ops = {event.name for event in prof.events()}
+    marker = {"onednn-conv": "aten::mkldnn_convolution", "mkl-packed": "mkl::_mkl_linear"}
+    assert marker[engine] in ops and "aten::mm" not in ops
+    _close(got, F.linear(x, weight), torch.float32)
+    assert engines.table().tuning_seconds == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        '{"schema": "other"}',
+        '{"schema": "moebius-engines/1", "choices": {"k": {"engine": "gone"}}}',
+        "",
+    ],
+)
+def test_a_broken_cache_is_tuned_again(tuning, content):
+    path = engines.cache_path()
+    path.write_text(content)
+    x, weight = torch.randn(512, 256), torch.randn(128, 256)
+    with torch.inference_mode():
+        _close(linear(x, weight), F.linear(x, weight), torch.float32)
+    assert list(json.loads(path.read_text())["choices"]) == ["linear float32 512x256x128"]
+
+
+def test_the_cache_file_is_per_machine_threads_and_torch_in_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = engines.cache_path(threads=3)
+    assert path.parent == tmp_path / "moebius"
+    assert path.name.startswith("engines-") and "-3t-" in path.name
+    assert torch.__version__.split("+")[0] in path.name
+
+
+def test_small_products_and_autocast_take_pytorchs_own_kernels(tuning):
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        linear(torch.randn(4, 8), torch.randn(3, 8))  # below the tuning threshold
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear(torch.randn(512, 256), torch.randn(128, 256))
+    assert out.dtype == torch.bfloat16
+    assert not engines.cache_path().exists()
+    assert "aten::mkldnn_convolution" not in {event.name for event in prof.events()}
+
+
+def test_unknown_engine_names_are_refused():
+    with pytest.raises(ValueError, match="unknown engine"), engines.use("fastest"):
+        pass
+
+
+def test_linear_gradients_match():
+    torch.manual_seed(1)
+    ours, reference = Linear(10, 6), nn.Linear(10, 6)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 4, 10, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    ours(x).square().sum().backward()
+    reference(x_ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+
+
+@pytest.mark.parametrize("engine", ["onednn-conv", "onednn-packed"])
+def test_flops_are_counted_whatever_the_engine(engine):
+    x, weight = torch.randn(2, 5, 12), torch.randn(9, 12)
+    with engines.use(engine):
+        assert measured_flops(linear, x, weight) == 2 * 2 * 5 * 12 * 9
+        conv = nn.Conv2d(16, 8, 3, padding=1)
+        x = torch.randn(1, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+        assert measured_flops(conv2d, x, conv) == 2 * 8 * 16 * 9 * 36
