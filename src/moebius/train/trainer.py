@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from moebius.errors import ConfigError, InputError
 from moebius.models.checkpoint import atomic_write
 from moebius.models.kd_pairs import coarse_kd_blocks
+from moebius.models.lcg import category_ids
 from moebius.train.config import TrainConfig
 from moebius.train.data import (
     InpaintingDataset,
@@ -384,7 +385,12 @@ class Distiller:
                 raise ConfigError("data.train (a JSONL file or an image folder) is required")
             records = read_records(d.train, d.prompt)
             self.dataset = InpaintingDataset(
-                records, cfg.image_size, self._mask_sampler(), cfg.seed, d.flip
+                records,
+                cfg.image_size,
+                self._mask_sampler(),
+                cfg.seed,
+                d.flip,
+                tuple(d.short_side) if d.short_side else None,
             )
         self.val_records = None
         if run.sample_every and self.vae is not None and self.dist.is_main:
@@ -443,6 +449,11 @@ class Distiller:
         noise = noise + self.config.distill.noise_offset * self._draw((b, c2 // 2, 1, 1))
         t = lognorm_timesteps(self._draw((b,))).to(self.device)
         x_t = add_noise(x0, noise, t, self.alphas_cumprod)
+        if self.config.data.foreground_prob > 0:
+            # a normal draw below the p-quantile is a Bernoulli(p) from the checkpointed stream
+            threshold = float(torch.special.ndtri(torch.tensor(self.config.data.foreground_prob)))
+            relabel = (self._draw((b,)) < threshold).to(self.device)
+            ids = torch.where(relabel[:, None], category_ids("foreground", b, self.device), ids)
         return torch.cat([x_t, mask, masked_latent], dim=1), t, ids, noise, x0
 
     def _autocast(self):
