@@ -56,6 +56,7 @@ class DistillConfig:
     teacher_block: int | None = None
     perceptual: str = "auto"  # auto | elatentlpips | multiscale | none
     noise_offset: float = 0.0357
+    timesteps: str = "lognorm"  # lognorm (the authors') | uniform (training from scratch)
     output_param: str = "diff_model.conv_out.conv_pw.weight"
     feature_param: str | None = None  # None: proj_out of the last transformer of the deepest level
 

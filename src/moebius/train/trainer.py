@@ -51,13 +51,13 @@ from moebius.train.distributed import (
 )
 from moebius.train.latent_cache import LatentCache, encode_moments, latent_mask, sample_latents
 from moebius.train.losses import (
+    TIMESTEP_SAMPLERS,
     FeatureAdapter,
     adaptive_weights,
     add_noise,
     build_perceptual,
     combine,
     full_precision,
-    lognorm_timesteps,
     loss_terms,
     predict_x0,
     scaled_linear_alphas_cumprod,
@@ -255,6 +255,12 @@ class Distiller:
             else None
         )
         self.alphas_cumprod = scaled_linear_alphas_cumprod()
+        if config.distill.timesteps not in TIMESTEP_SAMPLERS:
+            raise ConfigError(
+                f"distill.timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, "
+                f"got {config.distill.timesteps!r}"
+            )
+        self.timestep_sampler = TIMESTEP_SAMPLERS[config.distill.timesteps]
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self._build_data()
@@ -447,7 +453,7 @@ class Distiller:
         masked_latent = sample_latents(masked, self._draw(latent), sf)
         noise = self._draw(latent)
         noise = noise + self.config.distill.noise_offset * self._draw((b, c2 // 2, 1, 1))
-        t = lognorm_timesteps(self._draw((b,))).to(self.device)
+        t = self.timestep_sampler(self._draw((b,))).to(self.device)
         x_t = add_noise(x0, noise, t, self.alphas_cumprod)
         if self.config.data.foreground_prob > 0:
             # a normal draw below the p-quantile is a Bernoulli(p) from the checkpointed stream
