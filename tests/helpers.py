@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
@@ -43,3 +45,12 @@ def read_key_manifest(path: Path) -> dict[str, tuple[int, ...]]:
         key, shape, _ = row.split("\t")
         manifest[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
     return manifest
+
+
+def far_from(mask, scale: float = 1.0) -> np.ndarray:
+    """Pixels the paste-back cannot touch: farther from the hole than its feathering reaches
+    (a radius-3 Gaussian plus Lanczos resampling of the mask, 12 working pixels), where one
+    working pixel is ``scale`` photo pixels."""
+    hole = np.asarray(mask) >= 128
+    distance = cv2.distanceTransform((~hole).astype(np.uint8), cv2.DIST_L2, 5)
+    return distance > 12 * scale

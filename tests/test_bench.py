@@ -22,7 +22,8 @@ def test_closed_form_flops_equal_flop_counter(tiny_config_path, height, width, b
 
 
 def test_released_student_flops_match_the_reference_count():
-    # DESIGN §1: flop_counter counts 316.0 GFLOP for the authors' code at 512² (latent 64²).
+    # torch.utils.flop_counter counts 316.0 GFLOP for one forward of the authors' code at 512²
+    # (latent 64², batch 1; 2 FLOPs per multiply-add, so ≈ the paper's 154 GMAC "GFLOPs").
     config = moebius.build_model.__globals__["resolve_config"]("moebius-0.2b")
     assert round(student_flops(config, 64, 64) / 1e9, 1) == 316.0
 

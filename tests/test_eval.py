@@ -19,6 +19,7 @@ from moebius.eval.data import MaskSet, list_images, prepare_image
 from moebius.eval.protocols import PROTOCOLS, get_protocol
 from moebius.eval.runner import EvalConfig, evaluate
 from moebius.pipeline import MoebiusInpaintPipeline
+from moebius.settings import InpaintSettings
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "retina", "cat", "immunohistochemistry")  # fmt: skip
 
@@ -51,7 +52,7 @@ def _config(image_dir, out_dir, **overrides) -> EvalConfig:
             Path(__file__).parent / "fixtures" / "eval_masks"
         ),  # authors' masks, white = keep
         model_name="tiny-random",
-        steps=2,
+        settings=InpaintSettings(steps=2),
         batch_size=4,
         random_weights=True,  # RANDOM-weight extractors: tests only
         inception_size=75,
@@ -157,12 +158,14 @@ def test_rerun_resumes_and_redoes_a_missing_batch_identically(first_run, image_d
 
     (out / "predictions" / "coffee.png").unlink()  # as if interrupted mid-batch
     redo = evaluate(_config(image_dir, out, metrics=cheap), tiny_pipeline)
-    assert redo["inference"]["newly_inpainted"] == 4  # the whole batch of four, same seed
+    assert redo["inference"]["newly_inpainted"] == 4  # the whole batch of four
     after = {p.name: p.read_bytes() for p in (out / "predictions").glob("*.png")}
     assert after == before
 
     with pytest.raises(InputError, match="steps differ"):  # would silently mix settings
-        evaluate(_config(image_dir, out, metrics=cheap, steps=3), tiny_pipeline)
+        evaluate(
+            _config(image_dir, out, metrics=cheap, settings=InpaintSettings(steps=3)), tiny_pipeline
+        )
 
 
 def test_cli_scores_existing_predictions(first_run, image_dir, tmp_path, capsys):
@@ -192,7 +195,7 @@ def test_cli_runs_a_saved_pipeline(tiny_pipeline, image_dir, tmp_path):
     ])  # fmt: skip
     assert code == 0
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert result["num_images"] == 2 and result["inference"]["steps"] == 2
+    assert result["num_images"] == 2 and result["inference"]["settings"]["steps"] == 2
     assert "seed 0" in result["mask_source"]  # no --masks: the protocol's seeded generator
     assert sorted(p.name for p in (tmp_path / "run" / "predictions").iterdir()) == [
         "astronaut.png", "camera.png",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_model, tiny_vae
-from PIL import Image, ImageFilter
+from helpers import far_from, tiny_model, tiny_vae
+from PIL import Image
 from skimage import data
 
 from moebius.cli import main
@@ -38,11 +38,6 @@ def box_mask(
     return Image.fromarray(mask)
 
 
-def far_from(mask: Image.Image) -> np.ndarray:
-    """Pixels the radius-3 blurred paste-back mask does not touch."""
-    return np.asarray(mask.filter(ImageFilter.GaussianBlur(3))) == 0
-
-
 def test_non_square_photo(model_dir, tmp_path):
     image, mask = photo(640, 480), box_mask((640, 480), (250, 150, 400, 300))
     image.save(tmp_path / "in.png")
@@ -53,7 +48,7 @@ def test_non_square_photo(model_dir, tmp_path):
     )
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == (480, 640, 3)
-    far = far_from(mask)
+    far = far_from(mask, scale=278 / 64)  # auto → crop: a 150 + 2 × 64 px box at 64 px
     np.testing.assert_array_equal(out[far], np.asarray(image)[far])
     assert not np.array_equal(out[~far], np.asarray(image)[~far])
 
@@ -65,7 +60,7 @@ def test_large_photo_crop_changes_only_the_box(model_dir, tmp_path):
     box_mask(image.size, hole).save(tmp_path / "big_mask.png")
     code = inpaint(
         model_dir, tmp_path / "big.jpg", tmp_path / "big_mask.png", "-o", tmp_path / "big_out.png",
-        "--strategy", "crop", "--no-paste-back", "--crop-padding", "32",
+        "--strategy", "crop", "--paste", "none", "--crop-padding", "32",
     )  # fmt: skip
     assert code == 0
     original = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB"))
@@ -113,7 +108,7 @@ def test_grayscale_photo(model_dir, tmp_path):
     )
     out = np.asarray(Image.open(tmp_path / "o.png"))
     assert out.shape == (150, 200, 3)
-    far = far_from(mask)
+    far = far_from(mask, scale=150 / 64)  # auto → crop: the whole photo at 64 px
     for channel in range(3):
         np.testing.assert_array_equal(out[..., channel][far], np.asarray(grey)[far])
 
@@ -232,7 +227,7 @@ def test_batch_resume(model_dir, tmp_path, capsys):
     assert "3 written, 0 skipped (output exists), 1 failed" in captured.out
     assert "orphan.jpg: no mask" in captured.err
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(first) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    assert sorted(first) == ["astronaut.png", "chelsea.png", "coffee.png", "run.json"]
 
     # an interrupted run: one output never written, a half-written temp file left behind
     stamps = {name: (out / name).stat().st_mtime_ns for name in ("astronaut.png", "chelsea.png")}
@@ -256,4 +251,93 @@ def test_batch_with_unreadable_member(model_dir, tmp_path, capsys):
         box_mask((64, 64), (10, 10, 40, 40)).save(masks / f"{name}.png")
     assert inpaint(model_dir, "--images", images, "--masks", masks, "--out", out) == 2
     assert "1 written" in capsys.readouterr().out
-    assert os.listdir(out) == ["good.png"]
+    assert sorted(os.listdir(out)) == ["good.png", "run.json"]
+
+
+def test_never_writes_over_an_input_unless_asked(model_dir, tmp_path, capsys):
+    photo(96, 64).save(tmp_path / "photo.png")
+    box_mask((96, 64), (20, 20, 50, 50)).save(tmp_path / "mask.png")
+    before = (tmp_path / "photo.png").read_bytes()
+    for target in ("photo.png", "mask.png"):
+        code = inpaint(
+            model_dir, tmp_path / "photo.png", tmp_path / "mask.png", "-o", tmp_path / target
+        )
+        assert code == 2
+        assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "photo.png").read_bytes() == before
+    code = inpaint(model_dir, tmp_path / "photo.png", tmp_path / "mask.png", "-o",
+                   tmp_path / "photo.png", "--overwrite")  # fmt: skip
+    assert code == 0 and (tmp_path / "photo.png").read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--guidance", "nan"], "guidance must be a finite number"),
+        (["--guidance", "inf"], "guidance must be a finite number"),
+        (["--strength", "0.2"], "run no denoising step"),  # 3 steps × 0.2
+        (["--strength", "1.5"], "strength must be in"),
+        (["--seed", "-1"], "seed must be in"),
+        (["--dilation", "x"], "dilation must be a number"),
+        (["--image-size", "100"], "image_size must be a multiple of 64"),
+        (["--device", "cuda:1"], "no CUDA GPU is available"),
+        (["--device", "tpu"], "unknown device"),
+        (["--dtype", "float16", "--device", "cpu"], "float16 needs a GPU"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(model_dir, tmp_path, capsys, flags, message):
+    photo(64, 64).save(tmp_path / "in.png")
+    box_mask((64, 64), (10, 10, 30, 30)).save(tmp_path / "mask.png")
+    code = inpaint(
+        model_dir, tmp_path / "in.png", tmp_path / "mask.png", "-o", tmp_path / "o.png", *flags
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_batch_refuses_other_settings_and_results_do_not_depend_on_batching(
+    model_dir, tmp_path, capsys
+):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    for name, which in (("coffee", data.coffee), ("chelsea", data.chelsea)):
+        photo(96, 64, which).save(images / f"{name}.png")
+        box_mask((96, 64), (20, 10, 60, 50)).save(masks / f"{name}.png")
+    argv = ["--images", images, "--masks", masks, "--out", out]
+    assert inpaint(model_dir, *argv, "--batch-size", "2") == 0
+    batched = (out / "chelsea.png").read_bytes()
+
+    # one image alone, with the same seed, gives the same picture as inside the batch
+    code = inpaint(
+        model_dir, images / "chelsea.png", masks / "chelsea.png", "-o", tmp_path / "one.png"
+    )
+    assert code == 0
+    alone = np.asarray(Image.open(tmp_path / "one.png"))
+    np.testing.assert_allclose(alone, np.asarray(Image.open(out / "chelsea.png")), atol=1)
+
+    (out / "coffee.png").unlink()
+    capsys.readouterr()
+    assert inpaint(model_dir, *argv, "--guidance", "1.5") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "guidance: 2.5 -> 1.5" in err
+    assert not (out / "coffee.png").exists()
+
+    assert inpaint(model_dir, *argv, "--guidance", "1.5", "--overwrite") == 0
+    assert "2 written, 0 skipped" in capsys.readouterr().out
+    assert (out / "chelsea.png").read_bytes() != batched
+    assert inpaint(model_dir, *argv, "--guidance", "1.5") == 0
+    assert "0 written, 2 skipped" in capsys.readouterr().out
+
+
+def test_every_command_has_the_same_runtime_options():
+    from moebius.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in ("inpaint", "eval", "cache-latents"):
+        options = {o for a in sub.choices[name]._actions for o in a.option_strings}
+        assert {"--device", "--dtype", "--threads"} <= options, name
+        dtype = next(a for a in sub.choices[name]._actions if "--dtype" in a.option_strings)
+        assert dtype.choices == ("auto", "float32", "bfloat16", "float16")

@@ -1,17 +1,24 @@
 """The student network against the authors' fixture, the released key layout, and file formats."""
 
+import json
+import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 from helpers import read_key_manifest
 from safetensors.torch import save_file
 
 import moebius
 from moebius.cli import main as cli_main
+from moebius.errors import ConfigError
 from moebius.models.checkpoint import load_state_dict_strict
-from moebius.nn.lambda_layers import InteractiveLambda, resample_position_table
+from moebius.models.registry import CONFIG_DIR, PRESETS, resolve_config
+from moebius.nn.lambda_layers import InteractiveLambda, LocalLambda, resample_position_table
+from moebius.weights import BUNDLED
 
 
 def _fixture_model(tiny_config_path, tiny_state_dict):
@@ -144,6 +151,35 @@ def test_interactive_lambda_matches_literal_formula():
     assert torch.allclose(y, expected.reshape(2, 16, 4, 4), atol=1e-5)
 
 
+@pytest.mark.parametrize("channels,heads", [(30, 8), (16, 0)])
+def test_lambda_layers_need_channels_divisible_by_heads(channels, heads):
+    message = f"{channels} channels and {heads} heads"
+    with pytest.raises(ConfigError, match=message):
+        LocalLambda(channels, heads)
+    with pytest.raises(ConfigError, match=message):
+        InteractiveLambda(channels, context_dim=12, context_tokens=10, positions=16, heads=heads)
+
+
+@pytest.mark.parametrize("field", [14, 0, -3])
+def test_local_lambda_needs_an_odd_receptive_field(field):
+    with pytest.raises(ConfigError, match=f"positive odd number, got {field}"):
+        LocalLambda(16, 2, receptive_field=field)
+
+
+def test_bad_lambda_settings_in_a_config_are_config_errors(tiny_config_path):
+    config = resolve_config(tiny_config_path)
+    with pytest.raises(ConfigError, match="32 channels and 6 heads"):
+        moebius.build_model(replace(config, heads=6))
+    with pytest.raises(ConfigError, match="receptive field"):
+        moebius.build_model(replace(config, local_receptive_field=8))
+
+
+def test_every_bundled_config_builds(tiny_config_path):
+    with torch.device("meta"):
+        for config in (*PRESETS, tiny_config_path, BUNDLED["moebius-demo"] / "model"):
+            moebius.build_model(config)
+
+
 def test_save_and_from_pretrained_round_trip(
     tmp_path, tiny_config_path, tiny_state_dict, tiny_fixture
 ):
@@ -185,6 +221,89 @@ def test_convert_command_reports_bad_checkpoint(tmp_path, tiny_config_path, caps
     assert not (tmp_path / "out").exists()
 
 
+def _authors_constructor_args(yaml_path) -> dict:
+    """A config as the authors' class records its constructor arguments: their YAML's ``model``
+    section plus the latent side ``sample_size`` (what their training script adds)."""
+    document = yaml.safe_load(yaml_path.read_text())
+    return {**document["model"], "sample_size": document["data"]["image_size"] // 8}
+
+
+def test_authors_config_json_builds_the_fixture(
+    tmp_path, tiny_config_path, tiny_state_dict, tiny_fixture
+):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(_authors_constructor_args(tiny_config_path)))
+    checkpoint = tmp_path / "diffusion_pytorch_model.bin"
+    torch.save(tiny_state_dict, checkpoint)
+    for model in (moebius.load_model(config, checkpoint), moebius.load_model(tmp_path, checkpoint)):
+        out = _run_fixture(model, tiny_fixture)
+        assert (out.sample - tiny_fixture["__output__.sample"]).abs().max() <= 1e-5
+
+
+def test_convert_with_a_diffusers_written_authors_config(
+    tmp_path, tiny_config_path, tiny_state_dict, tiny_fixture
+):
+    # diffusers' save_config names the class in _class_name and writes no model_type.
+    args = _authors_constructor_args(tiny_config_path)
+    args = {"_class_name": args.pop("model_type"), "_diffusers_version": "0.30.0", **args}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(args))
+    checkpoint = tmp_path / "diffusion_pytorch_model.bin"
+    torch.save(tiny_state_dict, checkpoint)
+    assert (
+        cli_main(["convert", str(checkpoint), str(tmp_path / "out"), "--config", str(config)]) == 0
+    )
+    out = _run_fixture(moebius.from_pretrained(tmp_path / "out"), tiny_fixture)
+    assert (out.sample - tiny_fixture["__output__.sample"]).abs().max() <= 1e-5
+
+
+def test_authors_model_section_alone_is_the_released_student():
+    # Without sample_size the tables are built for 512 px, the size of the released weights.
+    section = yaml.safe_load((CONFIG_DIR / "moebius-0.2b.yaml").read_text())["model"]
+    assert resolve_config(section) == resolve_config("moebius-0.2b")
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"use_lambda_cross_attn": False}, "use_lambda_cross_attn=False is not supported"),
+        ({"mid_block_type": "DWTFMidBlock2D"}, "mid_block_type"),
+        (
+            {"down_block_types": ["DWMixTFDownBlock2D"] * 2},
+            "DWMixTFDownBlock2D at each of its 3 levels",
+        ),
+        ({"attention_head_dim": [8, 4, 8]}, "one value of heads for all levels"),
+        ({"block_out_channel": [32, 32, 64]}, "unknown Moebius option 'block_out_channel'"),
+        ({"block_out_channels": 64}, "block_out_channels must list the level widths"),
+        ({"cross_attention_dim": "wide"}, "cross_attention_dim must be an integer"),
+        ({"block_out_channels": [32, 48, 64]}, "width 48 does not split into 32 norm groups"),
+        ({"model_type": ["UNet"]}, "model_type must be a string"),
+    ],
+)
+def test_bad_authors_config_is_one_config_error(
+    tmp_path, tiny_config_path, capsys, change, message
+):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**_authors_constructor_args(tiny_config_path), **change}))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        moebius.build_model(config)
+    checkpoint = tmp_path / "diffusion_pytorch_model.bin"  # never read: the config fails first
+    assert (
+        cli_main(["convert", str(checkpoint), str(tmp_path / "out"), "--config", str(config)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_authors_yaml_without_image_size_is_a_config_error(tmp_path, tiny_config_path):
+    document = yaml.safe_load(tiny_config_path.read_text())
+    del document["data"]
+    with pytest.raises(ConfigError, match="data.image_size"):
+        moebius.build_model(document)
+    with pytest.raises(ConfigError, match="model section"):
+        moebius.build_model({"model": "moebius"})
+
+
 def test_scalar_timestep_and_bfloat16(tiny_config_path, tiny_state_dict, tiny_fixture):
     model = _fixture_model(tiny_config_path, tiny_state_dict).to(torch.bfloat16)
     x = tiny_fixture["__input__.x"].to(torch.bfloat16)
@@ -206,7 +325,7 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from moebius.models.checkpoint import atomic_write
+    from moebius.files import atomic_write
 
     mask = os.umask(0o022)
     try:

@@ -58,7 +58,8 @@ def _check_blocks(block_outputs, fixtures_dir, relative: float):
 
 def test_fixture_float32(teacher, teacher_fixture, fixtures_dir):
     out = _run(teacher, teacher_fixture)
-    # One near-zero GLA output is amplified by its RMSNorm: float32 noise ~3e-4 (PIXELHACKER.md).
+    # One near-zero GLA output is amplified by its RMSNorm: float32 noise ~3e-4 against the
+    # float64 reference (docs/models.md, "Fixtures and tolerances").
     assert (out.sample - teacher_fixture["__output__.sample"]).abs().max() <= 1e-3
     _check_blocks(out.block_outputs, fixtures_dir, relative=5e-4)
     # The coarse-KD target is up0: deepest width at latent/4 (1280×16×16 at 512 px).

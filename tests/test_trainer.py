@@ -96,7 +96,7 @@ def test_twenty_steps_reduce_the_losses_and_write_every_output(assets, tmp_path)
             "max_steps": 20,
             "sample_every": 20,
             "num_val_samples": 2,
-            "sample_steps": 2,
+            "sample_settings": {"steps": 2},
             "checkpoint_every": 10,
             "keep_checkpoints": 1,
         },  # fmt: skip

@@ -18,6 +18,23 @@ from moebius.errors import InputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def is_image_file(path: Path) -> bool:
+    """An image by its extension; dotfiles are editor/OS debris (macOS "._x.jpg") or our own
+    temporary files."""
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    )
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and below it with ``recursive``), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"not a folder: {folder}")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if is_image_file(p))
+
+
 def _open(path: str | os.PathLike, what: str) -> Image.Image:
     path = Path(path)
     if not path.is_file():

@@ -1,186 +1,369 @@
-"""``MoebiusInpaintPipeline``: photo + mask → photo with the hole filled.
+"""Inpainting pipelines: photo + mask → photo with the hole filled.
 
-At its core this is the authors' inference (DESIGN §2–3), reproduced step for
-step so that their weights give their latents: binarise the mask, resize (short
-side to the model size, sides floored to multiples of 64), encode image and
-masked image with a *sample* of the VAE posterior, DDIM from ``strength``, CFG
-between the two LCG categories in one 2B batch, decode, resize back, paste back
-with a Gaussian-blurred mask. Around that core it adds what real photos need:
-``crop`` (inpaint only a padded box around the mask) and ``original`` (run at
-the photo's own resolution) strategies, batching, any aspect ratio and a
-model-agnostic device/dtype story. Random numbers are drawn in the authors'
-order (VAE sample of the image, of the masked image, noise, noise offset).
+:class:`InpaintPipeline` is the one inpainting core: it prepares each photo
+(:mod:`moebius.compositing`), encodes it, runs the shared sampler (:mod:`moebius.sampling`) and
+pastes the result back, whatever runs the networks. :class:`MoebiusInpaintPipeline` runs them
+with PyTorch. With the same weights, seed and settings it follows the authors' inference step
+for step: VAE posterior samples of the image and of the masked image, noise plus noise offset,
+strength, classifier-free guidance with the other LCG category as the unconditional branch in
+one 2B batch, DDIM, decode; random numbers are drawn in their order (image sample, masked
+sample, noise, noise offset), each image from its own generator.
 """
 
-import json
 import os
-import warnings
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
-from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image, ImageFilter
+from PIL import Image
 from tqdm.auto import tqdm
 
+from moebius.compositing import Region, paste_back, prepare
 from moebius.errors import CheckpointError, InputError
-from moebius.image_io import to_mask, to_rgb
-from moebius.models import LCGModel, category_ids, load_model
-from moebius.models import from_pretrained as load_saved_model
-from moebius.models import save_pretrained as save_model
-from moebius.models.checkpoint import atomic_write
+from moebius.files import write_json
+from moebius.image_io import to_rgb
+from moebius.sampling import NoiseSchedule, Step, denoise, guided, initial_latents, make_sampler
+from moebius.settings import Category, InpaintSettings, PasteMode
 from moebius.weights import DEFAULT_REPO, DEFAULT_VARIANT, PIPELINE_FILE, locate
 
-# DESIGN §3: SD-1.x training schedule, epsilon prediction, diffusers defaults otherwise
-SCHEDULE = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-}
-SCHEDULERS = ("ddim", "dpm++")
-STRATEGIES = ("auto", "resize", "crop", "original")
-# the authors floor both sides to this after scaling the short side to the model size
-RESIZE_MULTIPLE = 64
-# ``auto`` switches from ``resize`` to ``crop`` when the short side exceeds this × model size
-CROP_THRESHOLD = 1.5
 # VAE tiles kick in above this side (pixels); below it the VAE runs exactly as the authors'
 VAE_TILE_SIZE = 1024
-PASTE_BLUR_RADIUS = 3
+
+# diffusers-style keyword → setting
+CALL_ARGUMENTS = {
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+    "strength": "strength",
+    "noise_offset": "noise_offset",
+    "category": "category",
+    "scheduler": "scheduler",
+    "strategy": "strategy",
+    "image_size": "image_size",
+    "crop_padding": "crop_padding",
+    "mask_dilation": "dilation",
+    "paste_back": "paste",
+    "resize_mask": "resize_mask",
+    "seed": "seed",
+}
 
 
-def check_steps(steps: int, strength: float) -> None:
-    """``strength`` in (0, 1] and at least one denoising step (the authors run
-    ``int(steps·strength)`` of them), else an InputError."""
-    if not 0 < strength <= 1:
-        raise InputError(f"strength must be in (0, 1], got {strength}")
-    if int(steps * strength) < 1:
-        raise InputError(
-            f"{steps} steps at strength {strength} run no denoising step "
-            f"(int(steps·strength) = 0); use more steps or strength 1"
-        )
+@dataclass(frozen=True)
+class InpaintWarning:
+    """Something the caller should know about one input (``index`` in the call's list)."""
 
+    index: int
+    code: str
+    message: str
 
-def make_scheduler(kind: str = "ddim", config: dict | None = None):
-    """DDIM with the DESIGN §3 schedule, or DPM-Solver++ (2nd order) on the same betas."""
-    ddim = DDIMScheduler.from_config(config) if config else DDIMScheduler(**SCHEDULE)
-    if kind == "ddim":
-        return ddim
-    if kind == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(
-            ddim.config, algorithm_type="dpmsolver++", solver_order=2
-        )
-    raise InputError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+    def __str__(self) -> str:
+        return f"image {self.index}: {self.message}"
 
 
 @dataclass
 class InpaintOutput:
-    """``images``: PIL images (``output_type="pil"``) or HxWx3 uint8 arrays (``"np"``)."""
+    """``images``: PIL images (``output_type="pil"``) or HxWx3 uint8 arrays (``"np"``), in the
+    order of the inputs; ``settings``: what produced them, the seed included."""
 
     images: list
+    warnings: list[InpaintWarning]
+    settings: InpaintSettings
+    timings: dict[str, float]  # seconds: prepare, encode, denoise, decode, paste, total
 
 
-@dataclass
-class _Job:
-    """One (image, mask) pair on its way through the pipeline."""
+@dataclass(frozen=True)
+class Progress:
+    """What ``on_step`` is told after every denoising step of a call."""
 
-    image: Image.Image  # the full input, RGB
-    mask: Image.Image  # full size, binarised 0/255, undilated: used for paste-back
-    box: tuple[int, int, int, int]  # region the model sees, in input pixels
-    strategy: str
-    work: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # image, mask, masked image
-    result: Image.Image | None = None
+    done: int  # steps finished in this call, over all batches
+    total: int
+    step: Step  # the step just finished, within its batch
+    images: tuple[int, ...]  # which inputs that batch holds
 
 
-def _binarise(mask: Image.Image) -> Image.Image:
-    # the authors threshold at 255/2 in 8 bit
-    return mask.point(lambda v: 0 if v < 127.5 else 255, "L")
+def _as_list(value) -> list:
+    return [value] if isinstance(value, (Image.Image, np.ndarray)) else list(value)
 
 
-def _resize_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """Short side → ``size`` (the long side truncated), both floored to multiples of 64."""
-    if width < height:
-        w, h = size, int(height * size / width)
-    else:
-        w, h = int(width * size / height), size
-    return w // RESIZE_MULTIPLE * RESIZE_MULTIPLE, h // RESIZE_MULTIPLE * RESIZE_MULTIPLE
+def _stop_hook(cancel) -> Callable[[], bool] | None:
+    """A ``threading.Event`` or any callable returning True to stop."""
+    if cancel is None:
+        return None
+    return cancel.is_set if hasattr(cancel, "is_set") else cancel
 
 
-def crop_box(mask: np.ndarray, size: int, padding: int) -> tuple[int, int, int, int]:
-    """A box around the mask's bounding box plus ``padding``, square with side ≥ ``size`` where
-    the image allows, centred on the hole and shifted to stay inside the image."""
-    height, width = mask.shape
-    ys, xs = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    side = max(size, x1 - x0 + 2 * padding, y1 - y0 + 2 * padding)
-    bw, bh = min(side, width), min(side, height)
-    left = min(max(int(round((x0 + x1 - bw) / 2)), 0), width - bw)
-    top = min(max(int(round((y0 + y1 - bh) / 2)), 0), height - bh)
-    return left, top, left + bw, top + bh
+class InpaintPipeline:
+    """The inpainting core shared by every backend. Subclasses run the networks: they encode
+    pixels, draw noise, predict noise and decode latents; everything else happens here."""
+
+    schedule: NoiseSchedule
+
+    # ------------------------------------------------------------------ what a backend provides
+    @property
+    def image_size(self) -> int:
+        """The side (pixels) the model was trained at."""
+        raise NotImplementedError
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Working sides must be multiples of this: VAE factor × the model's down-sampling."""
+        raise NotImplementedError
+
+    vae_scale_factor: int = 8
+
+    def _generators(self, generator, seed: int, count: int):
+        """One random stream per image (or the caller's shared one)."""
+        raise NotImplementedError
+
+    def _encode(self, pixels: np.ndarray, generators):
+        """A sample of the VAE posterior of (B, 3, H, W) pixels in [−1, 1], × scaling factor."""
+        raise NotImplementedError
+
+    def _randn(self, shape: tuple[int, ...], generators):
+        raise NotImplementedError
+
+    def _array(self, values: np.ndarray):
+        """A NumPy array in the backend's array type and device."""
+        raise NotImplementedError
+
+    def _noise_predictor(
+        self, latent_mask, masked_latents, category: Category, guidance: float
+    ) -> Callable[[Any, int], Any]:
+        """``predict(latents, t)`` → the guided noise estimate."""
+        raise NotImplementedError
+
+    def _decode(self, latents) -> np.ndarray:
+        """Latents → (B, H, W, 3) uint8: (x + 1) / 2 clamped to [0, 1], × 255, truncated."""
+        raise NotImplementedError
+
+    def _inference(self):
+        """The context the networks run in (no autograd)."""
+        raise NotImplementedError
+
+    def _synchronize(self) -> None:
+        """Wait for queued device work, so that phase timings are true (asynchronous GPUs)."""
+
+    # ------------------------------------------------------------------ progress bars
+    _progress_config: dict = {}
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        self._progress_config = kwargs
+
+    # ------------------------------------------------------------------ the call
+    def settings_for(self, settings: InpaintSettings | None = None, **overrides) -> InpaintSettings:
+        """``settings`` (default: :class:`InpaintSettings`'s defaults) with the diffusers-style
+        keywords of ``__call__`` applied, validated, the seed made concrete."""
+        unknown = sorted(set(overrides) - set(CALL_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+        changes = {CALL_ARGUMENTS[k]: v for k, v in overrides.items() if v is not None}
+        if isinstance(changes.get("paste"), bool):  # diffusers-style paste_back=True/False
+            changes["paste"] = PasteMode.BLEND if changes["paste"] else PasteMode.NONE
+        merged = replace(settings or InpaintSettings(), **changes)
+        return InpaintSettings.from_mapping(merged.to_dict()).with_seed()
+
+    def __call__(
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        mask_image: Image.Image | Sequence[Image.Image],
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator=None,
+        *,
+        settings: InpaintSettings | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable | None = None,
+        on_step: Callable[[Progress], None] | None = None,
+        cancel=None,
+        **overrides,
+    ) -> InpaintOutput:
+        """Inpaint ``image`` where ``mask_image`` is white (≥ 128).
+
+        Settings come from ``settings`` (an :class:`~moebius.settings.InpaintSettings`,
+        default: its defaults) and the diffusers-style keywords, which win:
+        ``num_inference_steps``, ``guidance_scale``, ``strength``, ``noise_offset``,
+        ``category``, ``scheduler``, ``strategy``, ``image_size``, ``crop_padding``,
+        ``mask_dilation``, ``paste_back`` (a paste mode, or True/False), ``resize_mask``.
+        ``generator``: an int seed or a generator shared by the batch, or one seed or
+        generator per image;
+        default: the settings' seed, one stream per image, so an image's result does not depend
+        on what it is batched with. Images of equal working size are denoised as one batch. An
+        empty mask returns the input unchanged, with a warning in the output.
+        ``callback_on_step_end(pipe, i, t, {"latents": ...})`` runs after every step and may
+        return replacement latents; ``on_step(Progress)`` reports progress over the whole call;
+        ``cancel`` (a ``threading.Event`` or a callable) stops before the next step with
+        :class:`~moebius.sampling.Cancelled`.
+        """
+        started = time.perf_counter()
+        if output_type not in ("pil", "np"):
+            raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        if isinstance(generator, int) and not isinstance(generator, bool):
+            overrides["seed"], generator = generator, None
+        settings = self.settings_for(
+            settings,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            **overrides,
+        )
+        images, masks = _as_list(image), _as_list(mask_image)
+        if len(images) != len(masks):
+            raise InputError(f"{len(images)} images but {len(masks)} masks")
+        size = settings.image_size or self.image_size
+        timings = dict.fromkeys(("prepare", "encode", "denoise", "decode", "paste"), 0.0)
+        clock = time.perf_counter()
+        regions = [
+            prepare(im, m, settings, size, self.pixel_multiple)
+            for im, m in zip(images, masks, strict=True)
+        ]
+        warnings = [
+            InpaintWarning(i, "empty_mask", "the mask is empty; returning the input unchanged")
+            for i, region in enumerate(regions)
+            if region is None
+        ]
+        timings["prepare"] = time.perf_counter() - clock
+        generators = self._generators(generator, settings.seed, len(images))
+        groups: dict[tuple, list[int]] = {}
+        for index, region in enumerate(regions):
+            if region is not None:
+                groups.setdefault(region.working_shape, []).append(index)
+
+        total = settings.denoising_steps * len(groups)
+        results: dict[int, Image.Image] = {}
+        done = 0
+        with tqdm(total=total, desc="denoising", **self._progress_config) as bar, self._inference():
+            for members in groups.values():
+
+                def report(step: Step, members=members):
+                    nonlocal done
+                    done += 1
+                    bar.update(1)
+                    replaced = None
+                    if callback_on_step_end is not None:
+                        returned = callback_on_step_end(
+                            self, step.index, step.timestep, {"latents": step.latents}
+                        )
+                        if returned and "latents" in returned:
+                            replaced = returned["latents"]
+                    if on_step is not None:
+                        on_step(Progress(done, total, step, tuple(members)))
+                    return replaced
+
+                group_generators = (
+                    [generators[i] for i in members] if isinstance(generators, list) else generators
+                )
+                decoded = self._inpaint_batch(
+                    [regions[i] for i in members],
+                    settings,
+                    group_generators,
+                    report,
+                    _stop_hook(cancel),
+                    timings,
+                )
+                clock = time.perf_counter()
+                for row, index in enumerate(members):
+                    results[index] = paste_back(decoded[row], regions[index], settings.paste)
+                timings["paste"] += time.perf_counter() - clock
+
+        outputs = [results[i] if i in results else to_rgb(images[i]) for i in range(len(images))]
+        if output_type == "np":
+            outputs = [np.asarray(out) for out in outputs]
+        timings["total"] = time.perf_counter() - started
+        return InpaintOutput(outputs, warnings, settings, timings)
+
+    def inpaint_regions(
+        self, regions: list[Region], settings: InpaintSettings, generator=None
+    ) -> np.ndarray:
+        """The model's raw output for regions of one working size (from
+        :func:`moebius.compositing.prepare`), (B, H, W, 3) uint8, before any paste-back."""
+        settings = settings.validate().with_seed()
+        generators = self._generators(generator, settings.seed, len(regions))
+        with self._inference():
+            return self._inpaint_batch(regions, settings, generators, None, None)
+
+    def _inpaint_batch(
+        self,
+        regions: list[Region],
+        settings: InpaintSettings,
+        generators,
+        on_step: Callable[[Step], Any] | None,
+        cancelled: Callable[[], bool] | None,
+        timings: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        """Denoise regions of one working size together; → (B, H, W, 3) uint8. Adds the
+        seconds of each phase to ``timings``."""
+        timings = timings if timings is not None else {}
+        clock = time.perf_counter()
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            self._synchronize()
+            now = time.perf_counter()
+            timings[phase] = timings.get(phase, 0.0) + now - clock
+            clock = now
+
+        inputs = [region.model_inputs() for region in regions]
+        pixels = np.concatenate([image for image, _ in inputs])
+        holes = np.concatenate([hole for _, hole in inputs])
+        sampler = make_sampler(settings.scheduler, self.schedule, settings.steps, settings.strength)
+        image_latents = self._encode(pixels, generators)
+        masked_latents = self._encode(pixels * (1 - holes), generators)
+        factor = self.vae_scale_factor
+        latent_mask = self._array(np.ascontiguousarray(holes[:, :, ::factor, ::factor]))
+        batch, channels = image_latents.shape[:2]
+        noise = self._randn(tuple(image_latents.shape), generators)
+        if settings.noise_offset:
+            noise = noise + settings.noise_offset * self._randn((batch, channels, 1, 1), generators)
+        latents = initial_latents(self.schedule, sampler, image_latents, noise, settings.strength)
+        lap("encode")
+        predict = self._noise_predictor(
+            latent_mask, masked_latents, settings.category, settings.guidance
+        )
+        latents = denoise(predict, sampler, latents, on_step=on_step, cancelled=cancelled)
+        lap("denoise")
+        decoded = self._decode(latents)
+        lap("decode")
+        return decoded
 
 
-def _pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
-    height, width = array.shape[:2]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    pads = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
-    reflect = pad_h < height and pad_w < width
-    return np.pad(array, pads, mode="reflect" if reflect else "edge")
+class MoebiusInpaintPipeline(InpaintPipeline):
+    """The PyTorch backend. Components: ``model`` (any :class:`~moebius.LCGModel`: student or
+    teacher), ``vae`` (diffusers ``AutoencoderKL``) and ``schedule`` (the training noise
+    schedule, :class:`~moebius.sampling.NoiseSchedule`)."""
 
-
-def _paste(result: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
-    """The authors' blend: a radius-3 Gaussian of the binary mask, in [0, 1] floats, truncated."""
-    weight = np.asarray(mask.convert("RGB").filter(ImageFilter.GaussianBlur(PASTE_BLUR_RADIUS)))
-    weight = weight / 255.0
-    ours = np.asarray(result) / 255.0
-    theirs = np.asarray(original) / 255.0
-    return Image.fromarray(np.uint8((ours * weight + (1 - weight) * theirs) * 255))
-
-
-class MoebiusInpaintPipeline:
-    """Components: ``model`` (any :class:`~moebius.LCGModel`: student or teacher), ``vae``
-    (diffusers ``AutoencoderKL``) and ``scheduler`` (DDIM by default, see :func:`make_scheduler`)."""
-
-    def __init__(self, model: LCGModel, vae: AutoencoderKL, scheduler=None):
+    def __init__(self, model, vae, schedule: NoiseSchedule | None = None):
         self.model = model.eval()
         self.vae = vae.eval()
-        self.scheduler = scheduler if scheduler is not None else make_scheduler("ddim")
+        self.schedule = schedule if schedule is not None else NoiseSchedule()
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self._progress_config: dict = {}
+        self._progress_config = {}
 
-    # ------------------------------------------------------------------ components
     @property
     def components(self) -> dict:
-        return {"model": self.model, "vae": self.vae, "scheduler": self.scheduler}
+        return {"model": self.model, "vae": self.vae, "schedule": self.schedule}
 
     @property
-    def device(self) -> torch.device:
+    def device(self):
         return next(self.model.parameters()).device
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self):
         return next(self.model.parameters()).dtype
 
     @property
     def image_size(self) -> int:
-        """The side (pixels) the model was trained at."""
         return self.model.config.sample_size * self.vae_scale_factor
 
     @property
     def pixel_multiple(self) -> int:
-        """Input sides must be multiples of this: VAE factor × the model's down-sampling."""
         levels = len(getattr(self.model.config, "block_out_channels", ())) or 4
         return self.vae_scale_factor * 2 ** (levels - 1)
 
-    def to(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> "MoebiusInpaintPipeline":
+    def to(self, device=None, dtype=None) -> "MoebiusInpaintPipeline":
         """Moves both networks; a VAE whose config asks for it stays float32 under float16."""
+        import torch
+
         self.model.to(device=device, dtype=dtype)
         vae_dtype = dtype
         if dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
@@ -202,9 +385,6 @@ class MoebiusInpaintPipeline:
         """Run the VAE one image at a time inside a batch (less peak memory)."""
         self.vae.enable_slicing()
 
-    def set_progress_bar_config(self, **kwargs) -> None:
-        self._progress_config = kwargs
-
     # ------------------------------------------------------------------ loading / saving
     @classmethod
     def from_pretrained(
@@ -212,16 +392,21 @@ class MoebiusInpaintPipeline:
         name_or_path: str | os.PathLike = DEFAULT_REPO,
         variant: str = DEFAULT_VARIANT,
         model_config: str | None = None,
-        scheduler: str = "ddim",
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        dtype=None,
         cache_dir: str | os.PathLike | None = None,
         fuse: bool = False,
     ) -> "MoebiusInpaintPipeline":
         """Load from a directory written by :meth:`save_pretrained`, a directory in the authors'
-        layout (``Moebius/<variant>/diffusion_pytorch_model.bin`` + ``vae/``), or a Hub repo id
-        (``hustvl/Moebius``; ``variant`` is the subfolder). ``model_config`` overrides the
-        preset guessed from the folder or repo name (``moebius-0.2b``, ``pixelhacker``)."""
+        layout (``Moebius/<variant>/diffusion_pytorch_model.bin`` + ``vae/``), the bundled
+        ``moebius-demo``, or a Hub repo id (``hustvl/Moebius``; ``variant`` is the subfolder).
+        ``model_config`` overrides the preset guessed from the folder or repo name
+        (``moebius-0.2b``, ``pixelhacker``)."""
+        from diffusers import AutoencoderKL
+
+        from moebius.models import from_pretrained as load_saved_model
+        from moebius.models import load_model
+
         where = locate(name_or_path, variant, model_config, cache_dir)
         if where.model_dir is not None:
             model = load_saved_model(where.model_dir, fuse=fuse)
@@ -233,274 +418,110 @@ class MoebiusInpaintPipeline:
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load the VAE from {where.vae_dir}: {exc}") from exc
-        config = None
-        if where.scheduler_dir is not None:
-            config = DDIMScheduler.load_config(where.scheduler_dir)
-        pipe = cls(model, vae, make_scheduler(scheduler, config))
-        return pipe.to(device, dtype)
+        schedule = NoiseSchedule.load(where.scheduler_dir) if where.scheduler_dir else None
+        return cls(model, vae, schedule).to(device, dtype)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """``model/`` (moebius format), ``vae/`` and ``scheduler/`` (diffusers), then
-        ``pipeline.json`` last so a half-written directory is never mistaken for a complete one."""
+        """``model/`` (moebius format), ``vae/`` (diffusers) and ``scheduler/`` (a diffusers
+        DDIM config), then ``pipeline.json`` last so a half-written directory is never mistaken
+        for a complete one."""
+        from moebius.models import save_pretrained as save_model
+
         directory = Path(directory)
         save_model(self.model, directory / "model")
         self.vae.save_pretrained(directory / "vae")
-        # the DDIM base schedule; DPM-Solver++ is derived from it at load time
-        base = self.scheduler if isinstance(self.scheduler, DDIMScheduler) else make_scheduler()
-        base.save_pretrained(directory / "scheduler")
+        self.schedule.save(directory / "scheduler")
         manifest = {
             "_class_name": type(self).__name__,
             "model": "model",
             "vae": "vae",
             "scheduler": "scheduler",
         }
-        text = json.dumps(manifest, indent=2) + "\n"
-        atomic_write(directory / PIPELINE_FILE, lambda tmp: tmp.write_text(text))
+        write_json(directory / PIPELINE_FILE, manifest)
 
-    # ------------------------------------------------------------------ preprocessing
-    def _prepare(
-        self,
-        image: Image.Image,
-        mask: Image.Image,
-        strategy: str,
-        size: int,
-        dilation: int,
-        resize_mask: bool,
-        crop_padding: int,
-    ) -> _Job | None:
-        image, mask = to_rgb(image), to_mask(mask)
-        if mask.size != image.size:
-            if not resize_mask:
-                raise InputError(
-                    f"mask size {mask.size[0]}x{mask.size[1]} differs from image size "
-                    f"{image.size[0]}x{image.size[1]} (use resize_mask / --resize-mask)"
-                )
-            mask = mask.resize(image.size, Image.Resampling.NEAREST)
-        mask = _binarise(mask)
-        if mask.getextrema()[1] == 0:
-            return None
-        if strategy == "auto":
-            strategy = "crop" if min(image.size) > CROP_THRESHOLD * size else "resize"
-        if strategy == "crop":
-            box = crop_box(np.asarray(mask) > 0, size, crop_padding)
+    # ------------------------------------------------------------------ the backend
+    def _inference(self):
+        import torch
+
+        return torch.inference_mode()
+
+    def _synchronize(self) -> None:
+        from moebius.runtime import synchronize
+
+        synchronize(self.device)
+
+    def _generators(self, generator, seed: int, count: int):
+        import torch
+
+        if generator is None:
+            # CPU streams, so a seed gives the same noise on every device
+            return [torch.Generator().manual_seed(seed) for _ in range(count)]
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != count:
+                raise InputError(f"{len(generator)} generators or seeds for {count} images")
+            return [
+                torch.Generator().manual_seed(g) if isinstance(g, int) else g for g in generator
+            ]
+        return generator
+
+    def _randn(self, shape: tuple[int, ...], generators, dtype=None):
+        import torch
+
+        dtype = dtype or torch.float32
+
+        def draw(size, generator):
+            device = generator.device if generator is not None else "cpu"
+            return torch.randn(size, generator=generator, device=device, dtype=dtype)
+
+        if isinstance(generators, list):
+            noise = torch.cat([draw((1, *shape[1:]), g) for g in generators])
         else:
-            box = (0, 0, *image.size)
-        job = _Job(image=image, mask=mask, box=box, strategy=strategy)
+            noise = draw(shape, generators)
+        return noise.to(self.device)
 
-        region, region_mask = image.crop(box), mask.crop(box)
-        if strategy == "original":
-            pixels = _pad_to_multiple(np.asarray(region), self.pixel_multiple)
-            mask_pixels = _pad_to_multiple(np.asarray(region_mask), self.pixel_multiple)
-        else:
-            target = _resize_size(*region.size, size)
-            pixels = np.asarray(region.resize(target, Image.Resampling.LANCZOS))
-            mask_pixels = np.asarray(region_mask.resize(target, Image.Resampling.LANCZOS))
-        if dilation:
-            mask_pixels = cv2.dilate(mask_pixels, np.ones((dilation, dilation), np.uint8))
+    def _array(self, values: np.ndarray):
+        import torch
 
-        # float64 maths then one cast, as the authors do, so the inputs match bit for bit
-        pixels = torch.from_numpy(pixels / 255.0 * 2 - 1).permute(2, 0, 1)[None].float()
-        binary = torch.from_numpy(mask_pixels / 255.0)[None, None].float() >= 0.5
-        binary = binary.float()
-        job.work = (pixels, binary, pixels * (1 - binary))
-        return job
+        return torch.from_numpy(values).to(self.device)
 
-    # ------------------------------------------------------------------ sampling
-    def _timesteps(self, steps: int, strength: float) -> torch.Tensor:
-        self.scheduler.set_timesteps(steps, device=self.device)
-        start = steps - min(int(steps * strength), steps)
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(start * self.scheduler.order)
-        return self.scheduler.timesteps[start * self.scheduler.order :]
-
-    def _encode(self, pixels: torch.Tensor, generator) -> torch.Tensor:
+    def _encode(self, pixels: np.ndarray, generators):
         vae_param = next(self.vae.parameters())
-        posterior = self.vae.encode(pixels.to(vae_param.device, vae_param.dtype)).latent_dist
-        return posterior.sample(generator=generator).float() * self.vae.config.scaling_factor
+        posterior = self.vae.encode(self._array(pixels).to(vae_param.dtype)).latent_dist
+        noise = self._randn(tuple(posterior.mean.shape), generators, posterior.mean.dtype)
+        sample = posterior.mean + posterior.std * noise.to(posterior.mean.device)
+        return sample.float() * self.vae.config.scaling_factor
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae_dtype = next(self.vae.parameters()).dtype
-        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
-        return (pixels.float() + 1) / 2
+    def _noise_predictor(self, latent_mask, masked_latents, category: Category, guidance: float):
+        import torch
 
-    def _denoise(
-        self,
-        pixels: torch.Tensor,
-        masks: torch.Tensor,
-        masked: torch.Tensor,
-        steps: int,
-        guidance_scale: float,
-        strength: float,
-        noise_offset: float,
-        category: str,
-        generator,
-        callback: Callable | None,
-        progress: tqdm | None,
-    ) -> torch.Tensor:
-        device = self.device
-        timesteps = self._timesteps(steps, strength)
-        latents_image = self._encode(pixels, generator)
-        masked_latents = self._encode(masked, generator)
-        batch = latents_image.shape[0]
-        # nearest resize of the {0,1} mask to latent size
-        latent_mask = torch.nn.functional.interpolate(
-            masks.to(device), size=latents_image.shape[-2:]
-        )
+        from moebius.models import category_ids
+        from moebius.runtime import autocast
 
-        noise = randn_tensor(latents_image.shape, generator=generator, device=device)
-        if noise_offset:
-            offset = randn_tensor((batch, latents_image.shape[1], 1, 1), generator, device=device)
-            noise = noise + noise_offset * offset
-        if strength < 1:
-            latents = self.scheduler.add_noise(latents_image, noise, timesteps[:1])
-        else:
-            latents = noise
-
-        other = "foreground" if category == "background" else "background"
-        cfg = guidance_scale != 1
-        if cfg:  # the unconditional branch is the *other* category, and it goes first
+        batch = masked_latents.shape[0]
+        device, dtype = self.device, self.dtype
+        cfg = guidance != 1
+        copies = 2 if cfg else 1
+        if cfg:  # the unconditional branch is the other category, and it goes first
             ids = torch.cat(
-                [category_ids(other, batch, device), category_ids(category, batch, device)]
+                [category_ids(category.other, batch, device), category_ids(category, batch, device)]
             )
         else:
             ids = category_ids(category, batch, device)
-        copies = 2 if cfg else 1
         condition = torch.cat([latent_mask, masked_latents], dim=1).repeat(copies, 1, 1, 1)
-        # Reduced-precision weights run under autocast, whose policy keeps the ops that need
-        # it (norms, softmax) in float32: as accurate as plain bfloat16, and faster on CPU.
-        autocast = torch.autocast(
-            device.type,
-            dtype=self.dtype,
-            enabled=self.dtype != torch.float32 and device.type in ("cpu", "cuda"),
-        )
+        precision = autocast(device, dtype)
 
-        for i, t in enumerate(timesteps):
-            scaled = self.scheduler.scale_model_input(latents, t)
-            x = torch.cat([scaled.repeat(copies, 1, 1, 1), condition], dim=1)
+        def predict(latents, t: int):
+            x = torch.cat([latents.repeat(copies, 1, 1, 1), condition], dim=1)
             # one timestep for the whole batch, shape (1,), exactly as the authors call the model
-            with autocast:
-                eps = self.model(x.to(self.dtype), t.reshape(1), ids).sample.float()
-            if cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            latents = self.scheduler.step(eps, t, latents, generator=generator, return_dict=False)[
-                0
-            ]
-            if callback is not None:
-                returned = callback(self, i, t, {"latents": latents})
-                if returned and "latents" in returned:
-                    latents = returned["latents"]
-            if progress is not None:
-                progress.update(1)
-        return self._decode(latents)
+            timestep = torch.tensor([t], device=device)
+            with precision:
+                eps = self.model(x.to(dtype), timestep, ids).sample.float()
+            return guided(eps, guidance) if cfg else eps
 
-    # ------------------------------------------------------------------ postprocessing
-    def _finish(self, job: _Job, decoded: torch.Tensor, paste_back: bool) -> Image.Image:
-        array = (decoded.clamp(0, 1) * 255).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-        result = Image.fromarray(array)
-        box_size = (job.box[2] - job.box[0], job.box[3] - job.box[1])
-        if job.strategy == "original":
-            result = result.crop((0, 0, *box_size))
-        else:
-            result = result.resize(box_size, Image.Resampling.LANCZOS)
-        if paste_back:
-            result = _paste(result, job.image.crop(job.box), job.mask.crop(job.box))
-        if job.box == (0, 0, *job.image.size):
-            return result
-        full = job.image.copy()
-        full.paste(result, job.box[:2])
-        return full
+        return predict
 
-    @torch.inference_mode()
-    def __call__(
-        self,
-        image: Image.Image | Sequence[Image.Image],
-        mask_image: Image.Image | Sequence[Image.Image],
-        num_inference_steps: int = 20,
-        guidance_scale: float = 2.5,
-        generator: torch.Generator | int | None = None,
-        strength: float = 0.99,
-        noise_offset: float = 0.0357,
-        category: str = "background",
-        mask_dilation: int = 0,
-        paste_back: bool = True,
-        output_type: str = "pil",
-        strategy: str = "auto",
-        image_size: int | None = None,
-        resize_mask: bool = False,
-        crop_padding: int = 64,
-        callback_on_step_end: Callable | None = None,
-    ) -> InpaintOutput:
-        """Inpaint ``image`` where ``mask_image`` is white (≥ 128).
-
-        ``category``: ``"background"`` fills with scene (object removal), ``"foreground"``
-        with an object; the other category is the CFG unconditional branch.
-        ``generator``: a ``torch.Generator`` or an int seed (the authors reseed 0 on every
-        call); ``None`` draws from the global RNG.
-        ``strategy``: ``resize`` (short side to the model size, as the authors), ``crop``
-        (only a box of ``crop_padding`` px around the mask, at model size, pasted back),
-        ``original`` (the photo's own resolution), ``auto`` (``crop`` when the short side is
-        over 1.5× the model size, else ``resize``). Images of equal working size are denoised
-        as one batch. An empty mask returns the input unchanged, with a warning.
-        ``callback_on_step_end(pipe, i, t, {"latents": ...})`` runs after every step.
-        """
-        if strategy not in STRATEGIES:
-            raise InputError(
-                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
-            )
-        if category not in ("background", "foreground"):
-            raise InputError(f"category must be background or foreground, got {category!r}")
-        if output_type not in ("pil", "np"):
-            raise InputError(f"output_type must be 'pil' or 'np', got {output_type!r}")
-        check_steps(num_inference_steps, strength)
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        masks = [mask_image] if isinstance(mask_image, Image.Image) else list(mask_image)
-        if len(images) != len(masks):
-            raise InputError(f"{len(images)} images but {len(masks)} masks")
-        if isinstance(generator, int):
-            generator = torch.Generator(self.device).manual_seed(generator)
-        size = image_size or self.image_size
-        if size < RESIZE_MULTIPLE or size % RESIZE_MULTIPLE:
-            raise InputError(f"image_size must be a positive multiple of 64, got {size}")
-
-        jobs = [
-            self._prepare(im, m, strategy, size, mask_dilation, resize_mask, crop_padding)
-            for im, m in zip(images, masks, strict=True)
-        ]
-        for index, job in enumerate(jobs):
-            if job is None:
-                warnings.warn(
-                    f"image {index}: the mask is empty; returning the input unchanged", stacklevel=2
-                )
-        groups: dict[tuple, list[int]] = {}
-        for index, job in enumerate(jobs):
-            if job is not None:
-                groups.setdefault(tuple(job.work[0].shape), []).append(index)
-
-        steps_per_group = len(self._timesteps(num_inference_steps, strength))
-        progress = tqdm(
-            total=steps_per_group * len(groups), desc="denoising", **self._progress_config
-        )
-        with progress:
-            for members in groups.values():
-                stacked = [
-                    torch.cat([jobs[i].work[k] for i in members]).to(self.device) for k in range(3)
-                ]
-                decoded = self._denoise(
-                    *stacked,
-                    steps=num_inference_steps,
-                    guidance_scale=guidance_scale,
-                    strength=strength,
-                    noise_offset=noise_offset,
-                    category=category,
-                    generator=generator,
-                    callback=callback_on_step_end,
-                    progress=progress,
-                )
-                for row, index in enumerate(members):
-                    jobs[index].result = self._finish(jobs[index], decoded[row], paste_back)
-
-        outputs = [to_rgb(images[i]) if job is None else job.result for i, job in enumerate(jobs)]
-        if output_type == "np":
-            outputs = [np.asarray(out) for out in outputs]
-        return InpaintOutput(images=outputs)
+    def _decode(self, latents) -> np.ndarray:
+        vae_dtype = next(self.vae.parameters()).dtype
+        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
+        pixels = (pixels.float() + 1) / 2
+        return (pixels.clamp(0, 1) * 255).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)

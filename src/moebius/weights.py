@@ -12,9 +12,13 @@ Three layouts are understood:
 
 ``moebius-demo`` names the small model that ships inside the package (made by
 ``moebius reproduce small``), so that inpainting works offline on a fresh install.
+
+:func:`offline_switch` is the one rule for "no downloads" in the package: the Hub weights
+here and the metric networks' weights (:mod:`moebius.eval.weights`) both follow it.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +32,10 @@ DEFAULT_REPO = "hustvl/Moebius"
 VAE_REPO = "hustvl/PixelHacker"
 # folder name in the authors' layout / repo name → our model preset
 FAMILY_PRESETS = {"moebius": "moebius-0.2b", "pixelhacker": "pixelhacker"}
-BUNDLED = {"moebius-demo": Path(__file__).resolve().parent / "assets" / "moebius-demo"}
-DEMO_NOTE = (
-    "the official weights are not in the Hugging Face cache, so the bundled moebius-demo model "
-    "is used (2.3M parameters trained on 8 photos on a CPU: a demonstration, far below the "
-    "paper's quality); pass --model hustvl/Moebius to download the real weights"
-)
+DEMO = "moebius-demo"
+BUNDLED = {DEMO: Path(__file__).resolve().parent / "assets" / DEMO}
+# huggingface_hub reads HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE); MOEBIUS_OFFLINE is ours alone.
+OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MOEBIUS_OFFLINE")
 
 
 @dataclass
@@ -86,11 +88,53 @@ def locate_local(root: Path, variant: str, model_config: str | None) -> WeightsL
     )
 
 
-def _offline() -> bool:
+def offline_switch() -> str | None:
+    """The environment variable that switches downloads off, or None when they are allowed.
+
+    HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub understands it, and
+    MOEBIUS_OFFLINE for this package only; 1, true, yes or on (any case) switch off. Read on
+    every call, as huggingface_hub itself only reads them once, at import.
+    """
+    for name in OFFLINE_SWITCHES:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
     from huggingface_hub import constants
 
-    flag = os.environ.get("HF_HUB_OFFLINE", "")
-    return bool(constants.HF_HUB_OFFLINE) or flag.upper() in ("1", "ON", "YES", "TRUE")
+    return "HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else None
+
+
+def _hub_errors() -> tuple[type[Exception], ...]:
+    """What a failed Hub request raises: huggingface_hub's HTTP errors derive from the base error
+    of the HTTP library it uses (requests, httpx or httpx2, by version), which that library's
+    connection and timeout errors share; requests' errors and the Hub's cache misses are
+    OSErrors; a name that cannot be a repo id is an HFValidationError."""
+    from huggingface_hub.utils import HfHubHTTPError, HFValidationError
+
+    return (OSError, HFValidationError, *HfHubHTTPError.__bases__)
+
+
+def _one_line(exc: BaseException) -> str:
+    # huggingface_hub's HTTP errors say the status on their first line and what was not
+    # found on the next.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2]) or type(exc).__name__
+
+
+def _official_files(repo: str, variant: str) -> list[tuple[str, str]]:
+    """(repo id, file) for the model weights and the VAE, which only PixelHacker's repo holds."""
+    return [
+        (repo, f"{variant}/{AUTHORS_WEIGHTS}"),
+        (VAE_REPO, "vae/config.json"),
+        (VAE_REPO, f"vae/{AUTHORS_WEIGHTS}"),
+    ]
+
+
+def _cached(repo_id: str, filename: str, cache_dir: str | os.PathLike | None) -> Path | None:
+    """The file's path in the Hub cache, without any network request."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    return Path(path) if isinstance(path, str) else None
 
 
 def _download_help(repo: str, variant: str) -> str:
@@ -108,25 +152,30 @@ def locate_hub(
     variant: str,
     model_config: str | None,
     cache_dir: str | os.PathLike | None = None,
-    cache_only: bool = False,
 ) -> WeightsLocation:
-    """Download (or find in the Hub cache) ``<repo>/<variant>/diffusion_pytorch_model.bin`` and the VAE."""
+    """``<repo>/<variant>/diffusion_pytorch_model.bin`` and the VAE: downloaded (or checked
+    against the Hub and taken from its cache), or only from the cache when offline."""
     from huggingface_hub import hf_hub_download
 
-    offline = cache_only or _offline()
-    wanted = [(repo, f"{variant}/{AUTHORS_WEIGHTS}")]
-    wanted += [(VAE_REPO, "vae/config.json"), (VAE_REPO, f"vae/{AUTHORS_WEIGHTS}")]
+    switch = offline_switch()
     paths = []
-    for repo_id, filename in wanted:
-        try:
-            path = hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=offline)
-        except Exception as exc:  # offline, not cached, network down, gated or missing repo
-            why = "offline mode (HF_HUB_OFFLINE) and not in the cache" if offline else str(exc)
-            raise CheckpointError(
-                f"cannot get {repo_id}/{filename} from the Hugging Face Hub ({why.splitlines()[0]}); "
-                + _download_help(repo, variant)
-            ) from exc
-        paths.append(Path(path))
+    for repo_id, filename in _official_files(repo, variant):
+        if switch:
+            path = _cached(repo_id, filename, cache_dir)
+            if path is None:
+                raise CheckpointError(
+                    f"cannot get {repo_id}/{filename}: {switch} is set and it is not in the "
+                    f"Hugging Face cache; " + _download_help(repo, variant)
+                )
+        else:
+            try:
+                path = Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
+            except _hub_errors() as exc:
+                raise CheckpointError(
+                    f"cannot get {repo_id}/{filename} from the Hugging Face Hub "
+                    f"({_one_line(exc)}); " + _download_help(repo, variant)
+                ) from exc
+        paths.append(path)
     return WeightsLocation(
         vae_dir=paths[1].parent,
         model_file=paths[0],
@@ -154,13 +203,66 @@ def locate(
     raise CheckpointError(f"model not found: {name} is neither a directory nor a Hub repo id")
 
 
+def _human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _demo_note(why: str, advice: str) -> str:
+    return (
+        f"the official weights are not in the Hugging Face cache and {why}, so the bundled "
+        f"{DEMO} model is used (2.3M parameters trained on 8 photos on a CPU: a demonstration, "
+        f"far below the paper's quality); {advice}"
+    )
+
+
+def _download(files: list[tuple[str, str]], cache_dir: str | os.PathLike | None) -> None:
+    """Download ``files`` into the Hub cache, saying first how much (on stderr, where
+    huggingface_hub's progress bars follow). The Hub is asked for every size before anything
+    is downloaded, so a missing or refused file costs no partial download; each request waits
+    at most HF_HUB_ETAG_TIMEOUT seconds (10 by default) for an answer."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    sizes = [
+        get_hf_file_metadata(
+            hf_hub_url(repo_id, filename), timeout=constants.HF_HUB_ETAG_TIMEOUT
+        ).size
+        for repo_id, filename in files
+    ]
+    total = "size unknown" if None in sizes else _human_size(sum(sizes))
+    names = ", ".join(f"{repo_id}/{filename}" for repo_id, filename in files)
+    where = cache_dir or constants.HF_HUB_CACHE
+    print(f"moebius: downloading {names} ({total}) into {where}", file=sys.stderr, flush=True)
+    for repo_id, filename in files:
+        hf_hub_download(repo_id, filename, cache_dir=cache_dir)
+
+
 def default_model(
     variant: str = DEFAULT_VARIANT, cache_dir: str | os.PathLike | None = None
 ) -> tuple[str, str | None]:
-    """The official weights when already cached, else the bundled demo; never touches the
-    network. Returns (name for :func:`locate`, a note for the user or None)."""
+    """The model ``moebius inpaint`` uses without ``--model``, as diffusers and IOPaint users
+    expect: the official weights (``hustvl/Moebius`` + the VAE of ``hustvl/PixelHacker``) from
+    the Hugging Face cache; else downloaded into it, with their size and a progress bar on
+    stderr; else, offline (:func:`offline_switch`) or when the Hub cannot be reached or refuses,
+    the bundled demo model. Returns (a name for :func:`locate`, a note saying why the demo is
+    used, or None)."""
+    missing = [
+        (repo_id, filename)
+        for repo_id, filename in _official_files(DEFAULT_REPO, variant)
+        if _cached(repo_id, filename, cache_dir) is None
+    ]
+    if not missing:
+        return DEFAULT_REPO, None
+    switch = offline_switch()
+    if switch:
+        return DEMO, _demo_note(f"{switch} is set", f"unset {switch} once to download them")
     try:
-        locate_hub(DEFAULT_REPO, variant, None, cache_dir, cache_only=True)
-    except CheckpointError:
-        return "moebius-demo", DEMO_NOTE
+        _download(missing, cache_dir)
+    except _hub_errors() as exc:
+        return DEMO, _demo_note(
+            f"they could not be downloaded from the Hugging Face Hub ({_one_line(exc)})",
+            "run again online to download them, or see the README for an offline copy",
+        )
     return DEFAULT_REPO, None

@@ -13,11 +13,6 @@ import torch
 from moebius.nn.onednn import linear
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Timer:
     """Wall time of a callable: CUDA events on GPU (after a synchronize), perf_counter on CPU."""
 

@@ -4,7 +4,7 @@ report and a log-log plot."""
 import math
 from pathlib import Path
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 
 REFERENCE_SIZE = (512, 512)
 PAPER = {"student/teacher": 26.01 / 46.89, "student/sd": 26.01 / 57.07}

@@ -1,7 +1,6 @@
 """The benchmark loop: interleaved, repeated step timings plus FLOPs, memory, pipeline time,
 a per-module profile and the bfloat16 error, all in one process."""
 
-import contextlib
 import copy
 import json
 import platform
@@ -20,9 +19,10 @@ from moebius.bench.measure import (
     matmul_rooflines,
     peak_memory,
     summarize,
-    synchronize,
 )
 from moebius.bench.subjects import Subject, build_subjects
+from moebius.runtime import autocast, synchronize
+from moebius.settings import InpaintSettings
 
 SCHEMA = "moebius-bench/1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,7 +45,7 @@ class BenchSettings:
     device: str = "cpu"
     repeats: int = 5
     warmup: int = 1
-    steps: int = 20
+    steps: int = field(default_factory=lambda: InpaintSettings().steps)
     pipeline_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(512, 512)])
     plain: bool = True
     profile: bool = True
@@ -53,12 +53,6 @@ class BenchSettings:
     threads: int | None = None
     roofline_size: int = 2048
     keep_freed_memory: bool = False  # CPU: see moebius.allocator
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _allow_recompiles() -> None:
@@ -101,7 +95,7 @@ class Benchmark:
             step = self._compiled[key]
 
         def run():
-            with torch.inference_mode(), _autocast(self.device, dtype):
+            with torch.inference_mode(), autocast(self.device, dtype):
                 return step(x, t)
 
         return run
@@ -196,7 +190,9 @@ class Benchmark:
         return rows
 
     def pipeline(self, subjects: list[Subject]) -> list[dict]:
-        """VAE encode (image and masked image) + N CFG steps with DDIM + decode, end to end."""
+        """A whole inpainting through :class:`~moebius.pipeline.MoebiusInpaintPipeline`, the
+        code users run: VAE encodes, N guided steps, decode and paste-back, with its own phase
+        timings (a random VAE of the real SDXL config; speed does not depend on weights)."""
         from diffusers import AutoencoderKL
 
         config_path = Path(__file__).resolve().parent.parent / "configs" / "sdxl_vae_config.json"
@@ -204,11 +200,10 @@ class Benchmark:
         vae = vae.eval().to(self.device)
         rows = []
         for width, height in self.settings.pipeline_sizes:
-            image = torch.rand(1, 3, height, width, device=self.device) * 2 - 1
             for dtype_name in self.settings.dtypes:
                 for subject in subjects:
                     try:
-                        row = self._pipeline_once(subject, vae, image, DTYPES[dtype_name])
+                        row = self._pipeline_once(subject, vae, (width, height), DTYPES[dtype_name])
                     except Exception as exc:  # recorded, the other rows still run
                         self.notes.append(f"pipeline {subject.label} {dtype_name}: {exc}")
                         continue
@@ -220,43 +215,31 @@ class Benchmark:
                     )
         return rows
 
-    def _pipeline_once(self, subject: Subject, vae, image: torch.Tensor, dtype) -> dict:
-        from moebius.pipeline import make_scheduler
+    def _pipeline_once(self, subject: Subject, vae, size: tuple[int, int], dtype) -> dict:
+        import numpy as np
+        from PIL import Image
 
-        steps = self.settings.steps
-        step = subject.step(dtype)
-        scheduler = make_scheduler("ddim")
-        scheduler.set_timesteps(steps)
-        _, _, height, width = image.shape
-        mask = torch.zeros(1, 1, height // 8, width // 8, device=self.device)
-        mask[..., height // 32 : height // 16, width // 32 : width // 16] = 1
-        with torch.inference_mode(), _autocast(self.device, dtype):
-            start = time.perf_counter()
-            vae.encode(image).latent_dist.sample()  # the full image, as the sampler does
-            masked = vae.encode(image * 0.5).latent_dist.sample().float()
-            synchronize(self.device)
-            encode_s = time.perf_counter() - start
+        from moebius.pipeline import MoebiusInpaintPipeline
+        from moebius.settings import InpaintSettings, Strategy
 
-            start = time.perf_counter()
-            latent = torch.randn_like(masked)
-            for t in scheduler.timesteps:
-                x = torch.cat([latent, mask, masked], dim=1).repeat(2, 1, 1, 1)
-                eps = step(x, t.to(self.device).expand(2)).float()
-                eps = eps[0:1] + 2.5 * (eps[1:2] - eps[0:1])
-                latent = scheduler.step(eps, t, latent).prev_sample
-            synchronize(self.device)
-            denoise_s = time.perf_counter() - start
-
-            start = time.perf_counter()
-            vae.decode(latent / vae.config.scaling_factor)
-            synchronize(self.device)
-            decode_s = time.perf_counter() - start
+        width, height = size
+        generator = np.random.default_rng(0)
+        image = Image.fromarray(generator.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        mask = np.zeros((height, width), np.uint8)
+        mask[height // 4 : height // 2, width // 4 : width // 2] = 255
+        settings = InpaintSettings(steps=self.settings.steps, strategy=Strategy.ORIGINAL)
+        vae_copy = vae if dtype == torch.float32 else copy.deepcopy(vae).to(dtype)
+        pipe = MoebiusInpaintPipeline(subject.model(dtype), vae_copy)
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(image, Image.fromarray(mask), settings=settings)
+        timings = out.timings
         return {
-            "steps": steps,
-            "encode_s": encode_s,
-            "denoise_s": denoise_s,
-            "decode_s": decode_s,
-            "total_s": encode_s + denoise_s + decode_s,
+            "steps": settings.steps,
+            "denoising_steps": settings.denoising_steps,
+            "encode_s": timings["prepare"] + timings["encode"],
+            "denoise_s": timings["denoise"],
+            "decode_s": timings["decode"] + timings["paste"],
+            "total_s": timings["total"],
         }
 
     def profile(self, subject: Subject, size: tuple[int, int]) -> list[dict]:
@@ -380,8 +363,10 @@ class Benchmark:
         return rows
 
     def accuracy(self, subject: Subject, size: tuple[int, int], low: str) -> dict:
-        """Reduced-precision error against float32: one noise prediction and an N-step latent."""
-        from moebius.pipeline import make_scheduler
+        """Reduced-precision error against float32: one noise prediction and an N-step latent
+        trajectory of the shared sampler."""
+        from moebius.sampling import DDIMSampler, NoiseSchedule, denoise, guided
+        from moebius.settings import InpaintSettings
 
         width, height = size
         gen = torch.Generator().manual_seed(0)
@@ -389,7 +374,7 @@ class Benchmark:
         t = torch.full((2,), TIMESTEP, device=self.device)
 
         def predict(latent_input, timesteps, dtype):
-            with torch.inference_mode(), _autocast(self.device, dtype):
+            with torch.inference_mode(), autocast(self.device, dtype):
                 return subject.step(dtype)(latent_input, timesteps).float()
 
         ref, got = predict(x, t, torch.float32), predict(x, t, DTYPES[low])
@@ -400,17 +385,17 @@ class Benchmark:
             "eps_mean_abs": (got - ref).abs().mean().item(),
             "eps_ref_mean_abs": ref.abs().mean().item(),
         }
+        guidance = InpaintSettings().guidance
         finals = []
         for dtype in (torch.float32, DTYPES[low]):
-            scheduler = make_scheduler("ddim")
-            scheduler.set_timesteps(self.settings.steps)
-            latent = x[:1, :4].clone()
-            for step_t in scheduler.timesteps:
+
+            def guided_noise(latent, step_t, dtype=dtype):
                 inp = torch.cat([latent, x[:1, 4:]], dim=1).repeat(2, 1, 1, 1)
-                eps = predict(inp, step_t.to(self.device).expand(2), dtype)
-                eps = eps[0:1] + 2.5 * (eps[1:2] - eps[0:1])
-                latent = scheduler.step(eps, step_t, latent).prev_sample
-            finals.append(latent)
+                timesteps = torch.full((2,), step_t, device=self.device)
+                return guided(predict(inp, timesteps, dtype), guidance)
+
+            sampler = DDIMSampler(NoiseSchedule(), self.settings.steps)
+            finals.append(denoise(guided_noise, sampler, x[:1, :4].clone()))
         out["trajectory_steps"] = self.settings.steps
         out["latent_max_abs"] = (finals[1] - finals[0]).abs().max().item()
         out["latent_mean_abs"] = (finals[1] - finals[0]).abs().mean().item()

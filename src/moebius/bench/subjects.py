@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from moebius.errors import InputError
+from moebius.models.outputs import ModelOutput
 
 SD15_INPAINT = dict(
     in_channels=9,
@@ -39,29 +40,35 @@ Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Subject:
-    """One benchmarked network; ``step(dtype)(x, t)`` runs one denoiser call on x (B, 9, h, w)."""
+    """One benchmarked network, with our models' calling convention ``module(x, t, ids)``;
+    ``step(dtype)(x, t)`` runs one denoiser call on x (B, 9, h, w)."""
 
     name: str
     variant: str
     module: nn.Module
-    make_step: Callable[[nn.Module], Step]
     params: int
     role: str  # "student", "teacher" or "baseline": what the headline ratios compare
     student_config: object = None  # set for students: enables the closed-form FLOP count
+    _models: dict = field(default_factory=dict, repr=False)
     _steps: dict = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
         return self.name if self.variant == "default" else f"{self.name} [{self.variant}]"
 
-    def step(self, dtype: torch.dtype = torch.float32) -> Step:
-        """The step on weights stored in ``dtype``: for reduced precision a cast copy, made
+    def model(self, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The network on weights stored in ``dtype``: for reduced precision a cast copy, made
         once, as ``moebius inpaint --dtype`` loads the model (run it under autocast)."""
-        if dtype not in self._steps:
+        if dtype not in self._models:
             module = self.module
             if dtype != torch.float32:
                 module = copy.deepcopy(module).to(dtype)
-            self._steps[dtype] = self.make_step(module)
+            self._models[dtype] = module
+        return self._models[dtype]
+
+    def step(self, dtype: torch.dtype = torch.float32) -> Step:
+        if dtype not in self._steps:
+            self._steps[dtype] = _lcg_step(self.model(dtype))
         return self._steps[dtype]
 
 
@@ -103,14 +110,23 @@ def _sd(config: dict, device: torch.device) -> nn.Module:
     return unet
 
 
-def _sd_step(unet: nn.Module) -> Step:
-    width = unet.config.cross_attention_dim
+class SDAsLCG(nn.Module):
+    """The SD baseline behind our models' calling convention, so the same pipeline and step
+    code run it: the category ids are ignored and the cross-attention context is 77 zero
+    tokens, the size of a CLIP text encoding."""
 
-    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    def forward(self, x: torch.Tensor, t, input_ids: torch.Tensor) -> ModelOutput:
+        width = self.unet.config.cross_attention_dim
         context = torch.zeros(x.shape[0], SD_TOKENS, width, device=x.device, dtype=x.dtype)
-        return unet(x, t, encoder_hidden_states=context).sample
-
-    return step
+        return ModelOutput(self.unet(x, t, encoder_hidden_states=context).sample)
 
 
 def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject]:
@@ -120,8 +136,8 @@ def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject
     from moebius.nn.fusion import set_plain
 
     if name in ("sd15-inpaint", "sd-tiny"):
-        unet = _sd(SD15_INPAINT if name == "sd15-inpaint" else SD_TINY, device)
-        return [Subject(name, "default", unet, _sd_step, _params(unet), "baseline")]
+        unet = SDAsLCG(_sd(SD15_INPAINT if name == "sd15-inpaint" else SD_TINY, device))
+        return [Subject(name, "default", unet, _params(unet), "baseline")]
     try:
         model = moebius.build_model(name).eval()
     except MoebiusError as exc:
@@ -131,11 +147,11 @@ def build_subjects(name: str, device: torch.device, plain: bool) -> list[Subject
     if model.config.model_type == "moebius":
         if plain:
             reference = set_plain(copy.deepcopy(model), True).to(device)
-            subjects.append(Subject(name, "plain", reference, _lcg_step, params, "student"))
+            subjects.append(Subject(name, "plain", reference, params, "student"))
         model.fuse()
     model.to(device)
     role = "student" if model.config.model_type == "moebius" else "teacher"
-    subjects.insert(0, Subject(name, "default", model, _lcg_step, params, role))
+    subjects.insert(0, Subject(name, "default", model, params, role))
     if model.config.model_type == "moebius":
         for subject in subjects:
             subject.student_config = model.config

@@ -3,13 +3,16 @@ the teacher and an SD-1.5-inpainting-shaped baseline, side by side in one proces
 
 import argparse
 
+from moebius.runtime import add_runtime_args
+from moebius.settings import InpaintSettings
+
 # Options whose default depends on --quick (argparse default None means "not given").
 FULL = dict(
     sizes="256,512,768,1024,768x512",
     batches="1,2",
     dtypes="float32,bfloat16",
     pipeline_sizes="512",
-    steps=20,
+    steps=InpaintSettings().steps,
 )
 QUICK = dict(sizes="256,384", batches="2", dtypes="float32", pipeline_sizes="256", steps=2)
 
@@ -81,7 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="eager and/or compile (torch.compile; compiles every model and shape first) "
         "(default: %(default)s)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument(
         "--out", default="bench-results", help="results folder (default: %(default)s)"
     )
@@ -101,7 +103,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=2048,
         help="side of the square matrices whose product measures the roofline (default: 2048)",
     )
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--no-plain",
         action="store_true",
@@ -115,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-module profile")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the bfloat16 error check")
+    add_runtime_args(parser, dtype=False)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -129,19 +131,21 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-
     from moebius.bench import Benchmark, BenchSettings, markdown, plot, ratios, scaling
     from moebius.bench.runner import DTYPES
     from moebius.errors import InputError
-    from moebius.models.checkpoint import atomic_write
+    from moebius.files import atomic_write
+    from moebius.runtime import resolve_device, resolve_dtype
 
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda but no CUDA device is available")
+    device = resolve_device(args.device)
+    dtypes = _list(args.dtypes, tuple(DTYPES), "dtypes")
+    for name in dtypes:
+        resolve_dtype(name, device)  # the same rules as every command (no float16 on the CPU)
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
     if args.repeats < 1 or args.warmup < 0 or args.steps < 1 or args.roofline_size < 1:
         raise InputError("--repeats, --steps and --roofline-size must be ≥ 1, --warmup ≥ 0")
     try:
@@ -152,9 +156,9 @@ def run(args: argparse.Namespace) -> int:
         models=_list(args.models, None, "models"),
         sizes=_sizes(args.sizes),
         batches=batches,
-        dtypes=_list(args.dtypes, tuple(DTYPES), "dtypes"),
+        dtypes=dtypes,
         modes=_list(args.modes, ("eager", "compile"), "modes"),
-        device=args.device,
+        device=str(device),
         repeats=args.repeats,
         warmup=args.warmup,
         steps=args.steps,

@@ -2,7 +2,7 @@
 
 import argparse
 
-from moebius.commands import resolve_device
+from moebius.runtime import add_runtime_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,24 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["background", "foreground"],
         help="category for image-folder input (default: %(default)s)",
     )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda when available)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "float16", "bfloat16"],
-        help="VAE compute dtype (default: %(default)s)",
-    )
+    add_runtime_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from diffusers import AutoencoderKL
 
     from moebius.errors import ConfigError, InputError
+    from moebius.runtime import apply_runtime_args
     from moebius.train.config import TrainConfig
     from moebius.train.data import MaskSampler, MaskSource, read_records
     from moebius.train.latent_cache import write_latent_cache
@@ -75,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         d.dataset_mask_prob,
         tuple(d.dilate) if d.dilate else None,
     )
-    device = resolve_device(args.device)
+    runtime = apply_runtime_args(args)
     try:
         vae = AutoencoderKL.from_pretrained(
-            args.vae, torch_dtype=getattr(torch, args.dtype), low_cpu_mem_usage=False
+            args.vae, torch_dtype=runtime.dtype, low_cpu_mem_usage=False
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the VAE from {args.vae}: {exc}") from exc
-    vae = vae.to(device).eval()
+    vae = vae.to(runtime.device).eval()
     records = read_records(args.data, args.prompt)
     index = write_latent_cache(
         records,

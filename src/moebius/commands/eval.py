@@ -2,7 +2,11 @@
 
 import argparse
 
-from moebius.commands import resolve_device
+from moebius.runtime import add_runtime_args
+from moebius.settings import add_settings_args
+
+# the protocols fix the rest: each image at protocol size, the original strategy, blend paste
+EVAL_SETTINGS = ("steps", "guidance", "strength", "noise_offset", "seed", "category", "scheduler")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Inpaint the images of IMAGES with the protocol's masks (resumable, batched) "
         "or read existing outputs from --predictions, then compute the metrics. Writes "
         "OUT/metrics.json, OUT/results.md (a row comparable to the paper's table), "
-        "OUT/contact_sheet.png and per-image files. Protocols: "
+        "OUT/contact_sheet.png and per-image files. Under torchrun (torchrun --nproc_per_node N "
+        "-m moebius.cli eval …) the ranks share inference and scoring, with the same scores "
+        "(docs/scaling.md). Protocols: "
         + "; ".join(f"{p.name}: {p.notes}" for p in PROTOCOLS.values()),
     )
     parser.add_argument(
@@ -54,23 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--name", help="model name in the results table (default: from --model/--predictions)"
     )
     parser.add_argument("--limit", type=int, help="only the first N images (quick checks)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for masks, sampling and bootstrap (default: 0)"
-    )
     parser.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
-    parser.add_argument(
-        "--guidance", type=float, default=2.5, help="LCG guidance scale (default: 2.5)"
-    )
-    parser.add_argument(
-        "--strength", type=float, default=0.99, help="denoising strength (default: 0.99)"
-    )
-    parser.add_argument(
-        "--category",
-        choices=("background", "foreground"),
-        default="background",
-        help="LCG category to fill with (default: background)",
-    )
     parser.add_argument(
         "--hole-fill",
         choices=("original", "gray"),
@@ -99,13 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=100,
         help="bootstrap resamples for FID/LPIPS intervals (0 = off; default: 100)",
     )
-    parser.add_argument("--device", default="auto", help="cuda, cpu, mps or auto (default: auto)")
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="model dtype (default: float32)",
-    )
+    add_runtime_args(parser)
+    add_settings_args(parser, EVAL_SETTINGS)
     parser.add_argument(
         "--random-weights",
         action="store_true",
@@ -115,19 +100,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moebius.distributed import session
+
+    with session() as world:
+        return _run(args, world)
+
+
+def _run(args: argparse.Namespace, world) -> int:
     from pathlib import Path
 
-    import torch
-
-    from moebius.allocator import keep_freed_memory
     from moebius.errors import InputError
     from moebius.eval.protocols import ALL_METRICS, get_protocol
     from moebius.eval.runner import EvalConfig, evaluate
+    from moebius.runtime import apply_runtime_args
+    from moebius.settings import settings_from_args
 
     protocol = get_protocol(args.protocol)
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    settings = settings_from_args(args)
+    if settings.seed is None:
+        raise InputError("--seed must be a number for an evaluation (it also draws the masks)")
+    runtime = apply_runtime_args(args, world)
+    device = runtime.device
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else ALL_METRICS
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
@@ -141,12 +134,9 @@ def run(args: argparse.Namespace) -> int:
         predictions=args.predictions,
         model_name=args.name or Path(source.rstrip("/")).name,
         limit=args.limit,
-        seed=args.seed,
+        seed=settings.seed,
         batch_size=args.batch_size,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        strength=args.strength,
-        category=args.category,
+        settings=settings,
         hole_fill=args.hole_fill,
         lpips_net=args.lpips_net,
         metrics=metrics,
@@ -160,18 +150,21 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from moebius.pipeline import MoebiusInpaintPipeline
 
-        dtype = getattr(torch, args.dtype)
-        pipeline = MoebiusInpaintPipeline.from_pretrained(
-            args.model,
-            variant=args.variant or protocol.variant,
-            model_config=args.model_config,
-            device=device,
-            dtype=dtype,
+        pipeline = world.run_everywhere(
+            lambda: MoebiusInpaintPipeline.from_pretrained(
+                args.model,
+                variant=args.variant or protocol.variant,
+                model_config=args.model_config,
+                device=device,
+                dtype=runtime.dtype,
+            ),
+            main_first=True,  # a Hub download happens once
         )
-    result = evaluate(cfg, pipeline)
+    result = evaluate(cfg, pipeline, world)
 
-    from moebius.eval.report import markdown_table
+    if world.is_main:
+        from moebius.eval.report import markdown_table
 
-    print(markdown_table(result))
-    print(f"wrote {cfg.out_dir}/metrics.json, results.md, contact_sheet.png")
+        print(markdown_table(result))
+        print(f"wrote {cfg.out_dir}/metrics.json, results.md, contact_sheet.png")
     return 0

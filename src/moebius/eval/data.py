@@ -8,8 +8,8 @@ from PIL import Image
 
 from moebius.errors import InputError
 from moebius.eval.protocols import Protocol
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+from moebius.image_io import IMAGE_EXTENSIONS
+from moebius.image_io import list_images as image_files
 
 
 def list_images(directory: str | os.PathLike, limit: int | None = None) -> list[Path]:
@@ -17,7 +17,7 @@ def list_images(directory: str | os.PathLike, limit: int | None = None) -> list[
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"image folder not found: {directory}")
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(directory)
     if not files:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {directory}")
     stems = [p.stem for p in files]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 
 COLUMNS = [
     ("fid", "FID↓", "{:.2f}"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moebius.errors import InputError
+from moebius.weights import offline_switch
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,6 @@ ASSETS: dict[str, WeightAsset] = {
 }
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(name, "").lower() in ("1", "true", "yes")
-        for name in ("MOEBIUS_OFFLINE", "HF_HUB_OFFLINE")
-    )
-
-
 def search_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
     import torch
 
@@ -101,7 +95,8 @@ def find_weights(
 ) -> Path:
     """Path of the weight file for asset ``name`` (see ``ASSETS``), downloading it if allowed.
 
-    ``download=None`` means: download unless ``MOEBIUS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``.
+    ``download=None`` means: download unless the package's offline switch is set
+    (:func:`moebius.weights.offline_switch`: ``HF_HUB_OFFLINE=1`` or ``MOEBIUS_OFFLINE=1``).
     """
     asset = ASSETS[name]
     dirs = search_dirs(weights_dir)
@@ -120,7 +115,7 @@ def find_weights(
         f"(looked in: {where})"
     )
     if download is None:
-        download = not _offline()
+        download = offline_switch() is None
     if not download:
         raise InputError(f"missing {asset.description} weights '{asset.filename}': {advice}")
 

@@ -3,13 +3,13 @@
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from moebius.errors import CheckpointError
+from moebius.files import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -70,26 +70,6 @@ def load_state_dict_strict(
     if problems:
         raise CheckpointError(f"{source} does not match the model config: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> None:

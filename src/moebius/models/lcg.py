@@ -4,19 +4,18 @@ import torch
 from torch import nn
 
 from moebius.models.outputs import ModelOutput
-
-BACKGROUND_IDS = tuple(range(0, 10))
-FOREGROUND_IDS = tuple(range(10, 20))
-CATEGORIES = {"background": BACKGROUND_IDS, "foreground": FOREGROUND_IDS}
+from moebius.settings import Category
 
 
 def category_ids(
-    category: str, batch_size: int, device: torch.device | str = "cpu"
+    category: Category | str, batch_size: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """(B, 10) LCG ids for "background" (fill with scene) or "foreground" (fill with an object)."""
-    if category not in CATEGORIES:
-        raise ValueError(f"category must be one of {sorted(CATEGORIES)}, got {category!r}")
-    return torch.tensor(CATEGORIES[category], device=device).expand(batch_size, -1)
+    try:
+        category = Category(category)
+    except ValueError:
+        raise ValueError(f"category must be background or foreground, got {category!r}") from None
+    return torch.tensor(category.token_ids, device=device).expand(batch_size, -1)
 
 
 class LCGModel(nn.Module):

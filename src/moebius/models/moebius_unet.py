@@ -13,12 +13,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.errors import ConfigError
+from moebius.models.authors_args import latent_size, one_per_model, read_authors_args
 from moebius.models.outputs import ModelOutput
 from moebius.nn import Downsample, DWConv, DWResBlock, TimestepEmbedding, Transformer2D, Upsample
 from moebius.nn.fusion import group_norm, set_plain
 from moebius.nn.lambda_block import LambdaBlock
 
 AUTHORS_MODEL_TYPE = "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x8"
+AUTHORS_DOWN_BLOCK, AUTHORS_UP_BLOCK = "DWMixTFDownBlock2D", "DWMixTFUpBlock2D"
+
+# Constructor arguments the student implements at one value only, besides those both networks
+# fix (moebius.models.authors_args).
+_FIXED_AUTHORS_ARGS = {
+    "mid_block_type": None,
+    "norm_eps": 1e-5,
+    "use_lambda_cross_attn": True,
+    "use_local_self_attn": True,
+}
+# Without effect here: there is no mid block, and the authors' code passes the MixFFN ratio on
+# to no block (it is always 2.5 there).
+_IGNORED_AUTHORS_ARGS = {"mid_block_scale_factor", "mix_mlp_ratio"}
+_AUTHORS_FIELDS = {
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "heads",
+    "cross_attention_dim",
+    "encoder_hid_dim",
+    "num_categories",
+    "sample_size",
+    "norm_num_groups",
+    "conv_in_kernel",
+    "conv_out_kernel",
+}
+# Fields that must be positive integers (block_out_channels: each width).
+_COUNTS = _AUTHORS_FIELDS - {"block_out_channels"} | {"context_tokens", "local_receptive_field"}
 
 
 @dataclass
@@ -45,33 +76,61 @@ class MoebiusConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.block_out_channels, (list, tuple)) or not self.block_out_channels:
+            raise ConfigError(
+                f"block_out_channels must list the level widths, got {self.block_out_channels!r}"
+            )
         self.block_out_channels = tuple(self.block_out_channels)
+        counts = [(name, getattr(self, name)) for name in sorted(_COUNTS)]
+        counts += [("block_out_channels", width) for width in self.block_out_channels]
+        for name, value in counts:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"Moebius option {name} must be a positive integer, got {value!r}"
+                )
+        for width in self.block_out_channels:
+            if width % self.norm_num_groups:
+                raise ConfigError(
+                    f"Moebius width {width} does not split into {self.norm_num_groups} norm groups"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_authors_yaml(cls, document: dict) -> "MoebiusConfig":
-        """Read the authors' YAML (``data``/``vae``/``model`` sections, diffusers naming).
+    def from_authors_dict(cls, document: dict) -> "MoebiusConfig":
+        """The authors' constructor arguments: their ``config.json``, or the ``model`` section of
+        their YAML plus ``sample_size`` (the latent side). Arguments left out take the released
+        student's values. ``attention_head_dim`` there is the number of heads (a diffusers quirk),
+        and ``mix_mlp_ratio`` is ignored because the authors' code always uses 2.5."""
+        document = dict(document)
+        block_types = [
+            (document.pop("down_block_types", None), AUTHORS_DOWN_BLOCK),
+            (document.pop("up_block_types", None), AUTHORS_UP_BLOCK),
+        ]
+        fields = read_authors_args(
+            document,
+            "Moebius",
+            _AUTHORS_FIELDS,
+            _FIXED_AUTHORS_ARGS,
+            _IGNORED_AUTHORS_ARGS,
+        )
+        for key in ("heads", "layers_per_block", "cross_attention_dim"):
+            one_per_model(fields, key, "Moebius")
+        config = cls(**fields)
+        levels = len(config.block_out_channels)
+        for given, kind in block_types:
+            if given is not None and list(given) != [kind] * levels:
+                raise ConfigError(
+                    f"Moebius needs {kind} at each of its {levels} levels, got {given!r}"
+                )
+        return config
 
-        ``attention_head_dim`` there is the number of heads (a diffusers quirk), and
-        ``mix_mlp_ratio`` is ignored because the authors' code always uses 2.5.
-        """
-        model = document["model"]
-        latent = document["data"]["image_size"] // document.get("vae", {}).get(
-            "downsample_ratio", 8
-        )
-        return cls(
-            in_channels=model.get("in_channels", 9),
-            out_channels=model.get("out_channels", 4),
-            block_out_channels=tuple(model["block_out_channels"]),
-            heads=model.get("attention_head_dim", 8),
-            cross_attention_dim=model["cross_attention_dim"],
-            encoder_hid_dim=model["encoder_hid_dim"],
-            sample_size=latent,
-            conv_in_kernel=model.get("conv_in_kernel", 3),
-            conv_out_kernel=model.get("conv_out_kernel", 3),
-        )
+    @classmethod
+    def from_authors_yaml(cls, document: dict) -> "MoebiusConfig":
+        """The authors' training YAML: ``model`` holds the constructor arguments and
+        ``data.image_size`` / the VAE factor is the latent size."""
+        return cls.from_authors_dict({**document["model"], "sample_size": latent_size(document)})
 
 
 def _lambda_transformer(cfg: MoebiusConfig, channels: int, level: int) -> Transformer2D:

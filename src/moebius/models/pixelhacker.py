@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
+from moebius.models.authors_args import latent_size, one_per_model, read_authors_args
 from moebius.models.outputs import ModelOutput
 from moebius.nn import Downsample, TimestepEmbedding, Transformer2D, Upsample
 from moebius.nn.attention import GLATransformerBlock
@@ -22,50 +23,13 @@ from moebius.nn.resnet import ResnetBlock
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
 
-# diffusers UNet2DConditionModel arguments this network implements only at one value.
+# Constructor arguments the teacher implements at one value only, besides those both networks
+# fix (moebius.models.authors_args).
 _FIXED_AUTHORS_ARGS = {
-    "center_input_sample": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
     "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "only_cross_attention": False,
-    "downsample_padding": 1,
     "mid_block_scale_factor": 1,
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "transformer_layers_per_block": 1,
-    "reverse_transformer_layers_per_block": None,
-    "num_attention_heads": None,
-    "dual_cross_attention": False,
-    "use_linear_projection": False,
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "addition_time_embed_dim": None,
-    "num_class_embeds": None,
-    "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "time_cond_proj_dim": None,
-    "attention_type": "default",
-    "class_embeddings_concat": False,
-    "mid_block_only_cross_attention": None,
-    "cross_attention_norm": None,
     "use_gated_cross_attn": False,
-    # diffusers turns a given encoder_hid_dim without a type into this Linear projection.
-    "encoder_hid_dim_type": "text_proj",
 }
-# Arguments without effect here (no class or addition embedding is built).
-_IGNORED_AUTHORS_ARGS = {
-    "projection_class_embeddings_input_dim",
-    "addition_embed_type_num_heads",
-    "model_type",
-}
-_RENAMED_AUTHORS_ARGS = {"attention_head_dim": "heads", "num_embeddings": "num_categories"}
 _DIFFUSERS_DEFAULTS = {  # UNet2DConditionModel defaults the authors' YAML relies on
     "block_out_channels": (320, 640, 1280, 1280),
     "down_block_types": (CROSS_DOWN, CROSS_DOWN, CROSS_DOWN, PLAIN_DOWN),
@@ -131,28 +95,15 @@ class PixelHackerConfig:
     @classmethod
     def from_authors_dict(cls, document: dict) -> "PixelHackerConfig":
         """The authors' diffusers-style constructor arguments (``PixelHacker(**model_config)``)."""
-        fields = {}
-        for key, value in document.items():
-            if key.startswith("_") or key in _IGNORED_AUTHORS_ARGS:
-                continue
-            if key == "encoder_hid_dim_type" and value is None:
-                continue
-            if key in _FIXED_AUTHORS_ARGS:
-                if value != _FIXED_AUTHORS_ARGS[key]:
-                    raise ConfigError(
-                        f"PixelHacker option {key}={value!r} is not supported "
-                        f"(only {_FIXED_AUTHORS_ARGS[key]!r})"
-                    )
-                continue
-            key = _RENAMED_AUTHORS_ARGS.get(key, key)
-            if key not in cls.__dataclass_fields__ or key == "model_type":
-                raise ConfigError(f"unknown PixelHacker option {key!r}")
-            fields[key] = value
-        heads = fields.get("heads", 8)
-        if isinstance(heads, (list, tuple)) and len(set(heads)) == 1:
-            fields["heads"] = heads = heads[0]
-        if not isinstance(heads, int):
-            raise ConfigError(f"PixelHacker needs one head count for all levels, got {heads!r}")
+        # diffusers turns a given encoder_hid_dim without a type into the text_proj Linear.
+        hid_type = document.get("encoder_hid_dim_type") or "text_proj"
+        fields = read_authors_args(
+            {**document, "encoder_hid_dim_type": hid_type},
+            "PixelHacker",
+            set(cls.__dataclass_fields__) - {"model_type"},
+            _FIXED_AUTHORS_ARGS,
+        )
+        one_per_model(fields, "heads", "PixelHacker")
         if fields.get("encoder_hid_dim", 3072) is None:
             raise ConfigError("PixelHacker needs encoder_hid_dim (the LCG embedding width)")
         return cls(**fields)
@@ -161,10 +112,7 @@ class PixelHackerConfig:
     def from_authors_yaml(cls, document: dict) -> "PixelHackerConfig":
         """The authors' training YAML: ``model`` holds constructor arguments (diffusers
         defaults for the rest), ``data.image_size`` / the VAE factor is the latent size."""
-        latent = document["data"]["image_size"] // document.get("vae", {}).get(
-            "downsample_ratio", 8
-        )
-        return cls.from_authors_dict({**document["model"], "sample_size": latent})
+        return cls.from_authors_dict({**document["model"], "sample_size": latent_size(document)})
 
 
 def _transformer(cfg: PixelHackerConfig, channels: int) -> Transformer2D:

@@ -32,6 +32,8 @@ PRESETS: dict[str, str] = {
 
 
 def _family(model_type: str) -> tuple[type, type]:
+    if not isinstance(model_type, str):
+        raise ConfigError(f"model_type must be a string, got {model_type!r}")
     model_type = AUTHORS_MODEL_TYPES.get(model_type, model_type)
     if model_type not in FAMILIES:
         raise ConfigError(f"unknown model_type {model_type!r}; known: {sorted(FAMILIES)}")
@@ -74,12 +76,14 @@ def resolve_config(config: Any, image_size: int | None = None):
 
 
 def config_from_dict(document: dict):
-    """Accepts our own ``config.json`` layout or the authors' YAML / constructor layouts."""
+    """Accepts our own ``config.json`` layout or the authors' YAML / constructor layouts; the
+    latter name their class in ``model_type`` or, as diffusers writes it, ``_class_name``."""
     if "model" in document:  # the authors' training YAML
-        model_type = document["model"].get("model_type", "")
-        config_cls, _ = _family(model_type)
+        if not isinstance(document["model"], dict):
+            raise ConfigError("the model section of the authors' config is not a mapping")
+        config_cls, _ = _family(document["model"].get("model_type", ""))
         return config_cls.from_authors_yaml(document)
-    model_type = document.get("model_type")
+    model_type = document.get("model_type", document.get("_class_name"))
     if model_type is None:
         raise ConfigError("config has no model_type")
     config_cls, _ = _family(model_type)

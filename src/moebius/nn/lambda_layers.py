@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.errors import ConfigError
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
 from moebius.nn.onednn import linear
 
@@ -39,6 +40,16 @@ def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, H·W, C) row-major tokens → (B, C, H, W) (a channels-last view for contiguous tokens)."""
     b, _, c = tokens.shape
     return tokens.transpose(1, 2).reshape(b, c, *size)
+
+
+def _head_depth(channels: int, heads: int) -> int:
+    """k = v = channels / heads: the heads' outputs are concatenated back to ``channels``."""
+    if heads < 1 or channels < 1 or channels % heads:
+        raise ConfigError(
+            f"a lambda layer needs channels divisible by its heads, got {channels} channels "
+            f"and {heads} heads"
+        )
+    return channels // heads
 
 
 def _heads(q: torch.Tensor, heads: int) -> torch.Tensor:
@@ -63,8 +74,14 @@ class LocalLambda(nn.Module):
 
     def __init__(self, channels: int, heads: int = 8, receptive_field: int = 15):
         super().__init__()
+        # An even kernel has no centre: padding r // 2 would shift the map by half a pixel
+        # and grow it by one.
+        if receptive_field < 1 or receptive_field % 2 == 0:
+            raise ConfigError(
+                f"the Local-λ receptive field must be a positive odd number, got {receptive_field}"
+            )
         self.heads = heads
-        self.dim_k = self.dim_v = channels // heads
+        self.dim_k = self.dim_v = _head_depth(channels, heads)
         self.to_q = nn.Conv2d(channels, self.dim_k * heads, 1, bias=False)
         self.to_k = nn.Conv2d(channels, self.dim_k, 1, bias=False)
         self.to_v = nn.Conv2d(channels, self.dim_v, 1, bias=False)
@@ -175,7 +192,7 @@ class InteractiveLambda(nn.Module):
     ):
         super().__init__()
         self.heads = heads
-        self.dim_k = self.dim_v = channels // heads
+        self.dim_k = self.dim_v = _head_depth(channels, heads)
         self.rel_pos_emb = nn.Parameter(torch.randn(positions, context_tokens, self.dim_k, 1))
         self.to_q = nn.Conv2d(channels, self.dim_k * heads, 1, bias=False)
         self.to_k = nn.Linear(context_dim, self.dim_k, bias=False)

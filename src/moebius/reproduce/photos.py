@@ -26,12 +26,12 @@ import numpy as np
 from PIL import Image
 
 from moebius.errors import InputError
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
+from moebius.image_io import list_images
 
 TRAIN_SIDE = 768  # short side of stored training photos; crops zoom from here down
 HELDOUT_SIDE = 512  # the demo's working resolution
 SKIMAGE = "scikit-image"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def prepare_photos(
 def prepare_folder(out: Path, folder: Path, heldout: int) -> dict:
     """A folder of photos instead of the Debian set: the last ``heldout`` files (sorted by
     name) are held out. Their licence is the supplier's to know; it is recorded as such."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder)
     if len(files) <= heldout or heldout < 1:
         raise InputError(
             f"{folder} holds {len(files)} photos; need more than the {heldout} held out (≥ 1)"

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 
 STUDENT_CONFIG = {
     "model_type": "moebius",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 from moebius.train.data import random_crop
 
 SMALL_VAE = {

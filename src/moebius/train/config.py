@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from moebius.errors import ConfigError
+from moebius.settings import NOISE_OFFSET
 
 
 @dataclass
@@ -55,7 +56,7 @@ class DistillConfig:
     student_block: int | None = None  # None: moebius.models.kd_pairs.coarse_kd_blocks
     teacher_block: int | None = None
     perceptual: str = "auto"  # auto | elatentlpips | multiscale | none
-    noise_offset: float = 0.0357
+    noise_offset: float = NOISE_OFFSET
     timesteps: str = "lognorm"  # lognorm (the authors') | uniform (training from scratch)
     output_param: str = "diff_model.conv_out.conv_pw.weight"
     feature_param: str | None = None  # None: proj_out of the last transformer of the deepest level
@@ -92,8 +93,9 @@ class RunConfig:
     tensorboard: bool = True
     sample_every: int = 1000  # 0 = never
     num_val_samples: int = 4
-    sample_steps: int = 20
-    guidance: float = 2.5
+    # inpainting settings of the preview images (moebius.settings.InpaintSettings names);
+    # anything not given takes the inpainting defaults
+    sample_settings: dict = field(default_factory=dict)
 
 
 @dataclass

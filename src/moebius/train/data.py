@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from moebius.errors import InputError
+from moebius.image_io import IMAGE_EXTENSIONS, list_images
 from moebius.masks import LamaMaskGenerator, dilate_mask, mat_free_form_mask
-from moebius.models.lcg import CATEGORIES, category_ids
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+from moebius.models.lcg import category_ids
+from moebius.settings import Category
 
 
 @dataclass
@@ -46,8 +46,8 @@ def read_jsonl(path: str | os.PathLike) -> list[Record]:
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}:{number}: not a record with an 'image' key ({exc})") from exc
         prompt = item.get("prompt", "background")
-        if prompt not in CATEGORIES:
-            raise InputError(f"{path}:{number}: prompt must be one of {sorted(CATEGORIES)}")
+        if prompt not in {c.value for c in Category}:
+            raise InputError(f"{path}:{number}: prompt must be background or foreground")
         mask = item.get("mask")
         records.append(
             Record(
@@ -68,9 +68,9 @@ def read_image_folder(path: str | os.PathLike, prompt: str = "background") -> li
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"image folder not found: {path}")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_images(path, recursive=True)
     if not files:
-        raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {path}")
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {path}")
     return [Record(p, prompt) for p in files]
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from moebius.errors import InputError
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 from moebius.models.lcg import category_ids
 from moebius.train.data import MaskSampler, Record, _open, random_crop, sample_rng
 

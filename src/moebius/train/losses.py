@@ -1,4 +1,4 @@
-"""The distillation objective (DESIGN §6): task, fine KD, coarse KD and latent perceptual
+"""The paper's distillation objective: task, fine KD, coarse KD and latent perceptual
 losses, combined with the authors' gradient-norm adaptive weights.
 
     L = 0.01·L_C + w_C · (0.5·L_task + 0.01·w_F·L_F + 0.5·w_P·L_P)
@@ -22,25 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TRAIN_TIMESTEPS = 1000
-NOISE_OFFSET = 0.0357
 W_FINE_MAX, W_PERC_MAX, W_COARSE_MAX = 1e6, 1e6, 1e4
 
 
-def scaled_linear_alphas_cumprod(
-    beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = TRAIN_TIMESTEPS
-) -> torch.Tensor:
-    """ᾱ_t of the DDPM ``scaled_linear`` schedule shared by student and teacher (float64)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def lognorm_timesteps(z: torch.Tensor, steps: int = TRAIN_TIMESTEPS) -> torch.Tensor:
+def lognorm_timesteps(z: torch.Tensor, steps: int) -> torch.Tensor:
     """The authors' "lognorm_t": t = floor(steps·sigmoid(z)), z ~ N(0, 1), kept ≤ steps − 1."""
     return torch.floor(steps * torch.sigmoid(z.double())).long().clamp(0, steps - 1)
 
 
-def uniform_timesteps(z: torch.Tensor, steps: int = TRAIN_TIMESTEPS) -> torch.Tensor:
+def uniform_timesteps(z: torch.Tensor, steps: int) -> torch.Tensor:
     """t uniform on 0 … steps − 1 from the same normal draw (t = floor(steps·Φ(z))).
 
     lognorm_t puts 0.2 % of samples below t = 50 and 1.4 % below t = 100: fine when fine-tuning
@@ -55,22 +45,6 @@ TIMESTEP_SAMPLERS = {"lognorm": lognorm_timesteps, "uniform": uniform_timesteps}
 def full_precision(x: torch.Tensor) -> torch.Tensor:
     """float32, or float64 when the run is in float64 (numerical checks)."""
     return x if x.dtype == torch.float64 else x.float()
-
-
-def add_noise(
-    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor
-) -> torch.Tensor:
-    """x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε."""
-    a = alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-
-def predict_x0(
-    x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor
-) -> torch.Tensor:
-    """x0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t."""
-    a = alphas_cumprod.to(x_t.device)[t].to(eps.dtype).view(-1, 1, 1, 1)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 class FeatureAdapter(nn.Module):

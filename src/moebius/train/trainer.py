@@ -1,6 +1,6 @@
 """The distillation trainer: one process or many (torchrun + DDP), resumable bit-exactly.
 
-Per optimisation step and micro-batch (DESIGN §6):
+Per optimisation step and micro-batch, as the paper distils (in latent space only):
 1. latents — from the cache, or by encoding image and masked image with the VAE — drawn as
    posterior samples ``(mean + std·ε)·0.13025``;
 2. t = floor(1000·sigmoid(z)), noise = ε + 0.0357·ε' (ε' per sample and channel), x_t;
@@ -32,9 +32,10 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from moebius.errors import ConfigError, InputError
-from moebius.models.checkpoint import atomic_write
+from moebius.files import atomic_write
 from moebius.models.kd_pairs import coarse_kd_blocks
 from moebius.models.lcg import category_ids
+from moebius.sampling import NoiseSchedule
 from moebius.train.config import TrainConfig
 from moebius.train.data import (
     InpaintingDataset,
@@ -54,13 +55,10 @@ from moebius.train.losses import (
     TIMESTEP_SAMPLERS,
     FeatureAdapter,
     adaptive_weights,
-    add_noise,
     build_perceptual,
     combine,
     full_precision,
     loss_terms,
-    predict_x0,
-    scaled_linear_alphas_cumprod,
 )
 
 CHECKPOINT_PATTERN = re.compile(r"step_(\d{8})\.pt$")
@@ -158,7 +156,7 @@ def _find_param(model: nn.Module, name: str) -> nn.Parameter:
 
 def _default_feature_param(student: nn.Module, block: int) -> str:
     """``proj_out`` of the last transformer of the level whose output is distilled: for the
-    paper's block 2 that is the last transformer of down level 2 (DESIGN §6)."""
+    paper's block 2 (coarse KD at 16×16) that is the last transformer of down level 2."""
     try:
         down = student.diff_model.down_blocks
         kind, index = (
@@ -254,7 +252,7 @@ class Distiller:
             if run.ema_decay
             else None
         )
-        self.alphas_cumprod = scaled_linear_alphas_cumprod()
+        self.schedule = NoiseSchedule()
         if config.distill.timesteps not in TIMESTEP_SAMPLERS:
             raise ConfigError(
                 f"distill.timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, "
@@ -453,8 +451,9 @@ class Distiller:
         masked_latent = sample_latents(masked, self._draw(latent), sf)
         noise = self._draw(latent)
         noise = noise + self.config.distill.noise_offset * self._draw((b, c2 // 2, 1, 1))
-        t = self.timestep_sampler(self._draw((b,))).to(self.device)
-        x_t = add_noise(x0, noise, t, self.alphas_cumprod)
+        t = self.timestep_sampler(self._draw((b,)), self.schedule.num_train_timesteps)
+        t = t.to(self.device)
+        x_t = self.schedule.add_noise(x0, noise, t)
         if self.config.data.foreground_prob > 0:
             # a normal draw below the p-quantile is a Bernoulli(p) from the checkpointed stream
             threshold = float(torch.special.ndtri(torch.tensor(self.config.data.foreground_prob)))
@@ -479,7 +478,7 @@ class Distiller:
             teacher_eps, teacher_feature = out.sample, out.block_outputs[self.teacher_block]
         x0_student = None
         if self.perceptual is not None:
-            x0_student = predict_x0(x[:, :4], full_precision(eps), t, self.alphas_cumprod)
+            x0_student = self.schedule.predict_x0(x[:, :4], full_precision(eps), t)
         terms = loss_terms(
             eps, noise, teacher_eps, feature, teacher_feature, x0_student, x0, self.perceptual
         )
@@ -660,18 +659,17 @@ class Distiller:
             self.student.load_state_dict(current)
 
     # ----------------------------------------------------------------- samples
-    @torch.no_grad()
     def write_samples(self) -> Path | None:
-        """DDIM-sample the fixed validation set with the student (EMA weights when kept) and
-        write ``samples/step_XXXXXXXX.png``: rows of [masked input | result | original]."""
+        """Inpaint the fixed validation set with the student (EMA weights when kept) through
+        the real pipeline and write ``samples/step_XXXXXXXX.png``: rows of [masked input |
+        result | original]."""
         if not self.val_records or not self.dist.is_main:
             return None
-        from diffusers import DDIMScheduler
         from PIL import Image
 
-        from moebius.models.lcg import category_ids
+        from moebius.pipeline import MoebiusInpaintPipeline
+        from moebius.settings import InpaintSettings
 
-        run = self.config.train
         data = InpaintingDataset(
             self.val_records,
             self.config.image_size,
@@ -680,46 +678,39 @@ class Distiller:
             flip=False,
         )
         items = [data[(i, 0, i)] for i in range(len(self.val_records))]
-        images = torch.stack([it["image"] for it in items]).to(self.device)
-        masks = torch.stack([it["mask"] for it in items]).to(self.device)
+
+        def to_pixels(image: torch.Tensor) -> np.ndarray:
+            return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+        originals = [to_pixels(item["image"]) for item in items]
+        holes = [item["mask"][0].numpy() > 0.5 for item in items]
+        settings = InpaintSettings.from_mapping(self.config.train.sample_settings)
         current = None
         if self.ema is not None:
             current = {k: v.clone() for k, v in self.student.state_dict().items()}
             self.student.load_state_dict(self.ema)
         self.student.eval()
-        generator = torch.Generator().manual_seed(0)
-        scheduler = DDIMScheduler(
-            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False
-        )
-        scheduler.set_timesteps(run.sample_steps)
-        sf, vae = self.config.scaling_factor, self.vae
-        masked_images = images * (1 - masks)
-        masked = vae.encode(masked_images.to(vae.dtype)).latent_dist.mode().to(self.dtype) * sf
-        mask_lat = latent_mask(masks, masked.shape[2:])
-        latents = torch.randn(masked.shape, generator=generator).to(self.device, self.dtype)
-        b = images.shape[0]
-        ids = torch.cat([category_ids("foreground", b), category_ids("background", b)])
-        ids = ids.to(self.device)
         try:
-            for t in scheduler.timesteps:
-                x = torch.cat([latents, mask_lat, masked], dim=1).repeat(2, 1, 1, 1)
-                with self._autocast():
-                    eps = self.student(x, t.to(self.device), ids).sample.to(self.dtype)
-                eps_fg, eps_bg = eps.chunk(2)
-                eps = eps_fg + run.guidance * (eps_bg - eps_fg)
-                latents = scheduler.step(eps, t, latents).prev_sample
-            decoded = vae.decode((latents / sf).to(vae.dtype)).sample.float()
+            pipe = MoebiusInpaintPipeline(self.student, self.vae)
+            pipe.set_progress_bar_config(disable=True)
+            results = pipe(
+                [Image.fromarray(o) for o in originals],
+                [Image.fromarray(h.astype(np.uint8) * 255) for h in holes],
+                settings=settings,
+                output_type="np",
+            ).images
         finally:
             self.student.train()
+            self.vae.eval()
             if current is not None:
                 self.student.load_state_dict(current)
-        rows = torch.cat([masked_images, decoded, images], dim=3)  # side by side
-        grid = torch.cat(list(rows), dim=1)  # stacked vertically
-        pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        rows = [
+            np.concatenate([np.where(hole[..., None], 127, original), result, original], axis=1)
+            for original, hole, result in zip(originals, holes, results, strict=True)
+        ]
+        grid = np.ascontiguousarray(np.concatenate(rows, axis=0))
         path = self.output_dir / "samples" / f"step_{self.step:08d}.png"
-        atomic_write(
-            path, lambda tmp: Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
-        )
+        atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
         return path
 
 
