@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from moebius.cli import main as cli_main
-from moebius.reproduce.small_scale import RecipeConfig, at_sample_size, run
+from moebius.reproduce.small_scale import RecipeConfig, at_sample_size, run, stage_data
 
 
 def _photos(folder, count: int = 5) -> None:
@@ -110,3 +110,24 @@ def test_a_student_moved_to_another_size_computes_the_same():
     ids = torch.arange(20).reshape(2, 10)
     with torch.no_grad():
         assert torch.allclose(large(x, 500, ids).sample, small(x, 500, ids).sample, atol=1e-6)
+
+
+def test_an_interrupted_data_stage_redone_pairs_photos_with_the_same_masks(tmp_path):
+    _photos(tmp_path / "photos")
+    cfg = RecipeConfig(photos=str(tmp_path / "photos"), heldout_photos=2, eval_size=64)
+    out = tmp_path / "run"
+    stage_data(cfg, out)
+    heldout = out / "data" / "heldout"
+    first = {p.name: p.read_bytes() for p in heldout.glob("*_mask.png")}
+    assert len(first) == 2 * 3 and len(set(first.values())) == 2 * 3
+    # Interrupted after the held-out files were written, before the stage was marked done.
+    (out / "data" / "result.json").unlink()
+    stage_data(cfg, out)
+    assert {p.name: p.read_bytes() for p in heldout.glob("*_mask.png")} == first
+    # A photo's masks follow from its name, not from its place among the held-out photos.
+    more = RecipeConfig(photos=str(tmp_path / "photos"), heldout_photos=3, eval_size=64)
+    stage_data(more, tmp_path / "more")
+    again = {
+        p.name: p.read_bytes() for p in (tmp_path / "more" / "data" / "heldout").glob("*_mask.png")
+    }
+    assert len(again) == 3 * 3 and {name: again[name] for name in first} == first

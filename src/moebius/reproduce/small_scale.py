@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from moebius.files import atomic_write
+from moebius.settings import item_seed
 
 STUDENT_CONFIG = {
     "model_type": "moebius",
@@ -68,6 +69,7 @@ TEACHER_AS_STUDENT = {
 }
 MASK_KINDS = ("thin", "medium", "thick")
 HOLE_RANGE = (0.10, 0.30)  # the target range for the held-out masks
+HELDOUT_MASK_SEED = 1234
 
 
 @dataclass
@@ -148,12 +150,15 @@ def stage_data(cfg: RecipeConfig, out: Path) -> dict:
     else:
         manifest = prepare_photos(photos)
     cases = []
-    for index, path in enumerate(split_files(photos, "heldout")):
+    for path in split_files(photos, "heldout"):
         with Image.open(path) as opened:
             image = _centre_square(opened, cfg.eval_size)
         _save_png(directory / "heldout" / f"{path.stem}.png", image)
-        for number, kind in enumerate(MASK_KINDS):
-            mask = heldout_mask(kind, cfg.eval_size, np.random.default_rng([1234, index, number]))
+        for kind in MASK_KINDS:
+            # Seeded by the photo's name and the kind alone: a redone stage, or a photo set
+            # that gained or lost a member, pairs every photo with the same masks.
+            rng = np.random.default_rng(item_seed(HELDOUT_MASK_SEED, f"{path.stem}/{kind}"))
+            mask = heldout_mask(kind, cfg.eval_size, rng)
             _save_png(directory / "heldout" / f"{path.stem}_{kind}_mask.png", mask * 255)
             cases.append({"photo": path.stem, "mask": kind, "hole": float(mask.mean())})
     splits = [r["split"] for r in manifest["photos"]]
