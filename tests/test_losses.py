@@ -12,6 +12,7 @@ from moebius.train.losses import (
     combine,
     lognorm_timesteps,
     loss_terms,
+    uniform_timesteps,
 )
 
 OUT = "diff_model.conv_out.conv_pw.weight"
@@ -25,6 +26,16 @@ def test_lognorm_timesteps_is_floor_1000_sigmoid():
     draws = lognorm_timesteps(torch.randn(20000, generator=torch.Generator().manual_seed(0)), 1000)
     assert draws.min() >= 0 and draws.max() <= 999
     assert abs(draws.float().mean().item() - 500) < 10  # symmetric around the middle
+
+
+def test_uniform_timesteps_cover_the_low_noise_end():
+    z = torch.randn(40000, generator=torch.Generator().manual_seed(0))
+    uniform, lognorm = uniform_timesteps(z, 1000), lognorm_timesteps(z, 1000)
+    assert uniform.min() >= 0 and uniform.max() <= 999
+    counts = torch.bincount(uniform // 100, minlength=10).float() / len(z)
+    assert torch.allclose(counts, torch.full((10,), 0.1), atol=0.01)
+    # the last steps of a sampler, which lognorm_t almost never trains
+    assert (uniform < 100).float().mean() > 0.09 and (lognorm < 100).float().mean() < 0.02
 
 
 def test_loss_terms_are_the_plain_mses():

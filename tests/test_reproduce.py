@@ -1,37 +1,64 @@
-"""The small-scale recipe end to end at a tiny step count: every stage, the report, the bundle."""
+"""The small-scale recipe end to end at a tiny scale on generated photos: every stage, the
+report, resuming, and the bundled pipeline through the CLI."""
 
 import json
 
+import numpy as np
+import torch
+from PIL import Image
+
 from moebius.cli import main as cli_main
-from moebius.reproduce.photos import PHOTOS
-from moebius.reproduce.small_scale import RecipeConfig, run, stage_data
+from moebius.reproduce.small_scale import RecipeConfig, at_sample_size, run, stage_data
 
 
-def test_heldout_photos_are_never_trained_on():
-    train = {p.name for p in PHOTOS if p.split == "train"}
-    heldout = {p.name for p in PHOTOS if p.split == "heldout"}
-    assert train and heldout and not train & heldout
+def _photos(folder, count: int = 5) -> None:
+    """Smooth random colour fields with a few hard-edged shapes: photo-like enough to train on."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(count):
+        small = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((200, 150), Image.Resampling.BICUBIC)
+        pixels = np.array(image)
+        y, x = rng.integers(0, 100), rng.integers(0, 150)
+        pixels[y : y + 40, x : x + 40] = rng.integers(0, 256, 3)
+        Image.fromarray(pixels).save(folder / f"photo{i}.png")
 
 
 def test_recipe_runs_resumes_and_bundles(tmp_path):
+    _photos(tmp_path / "photos")
     cfg = RecipeConfig(
         out=str(tmp_path / "run"),
+        photos=str(tmp_path / "photos"),
+        heldout_photos=2,
         scale=0.002,
+        vae_crop=32,
+        train_size=64,
+        short_side=[64, 128],
+        cache_variants=2,
+        batch_size=2,
         seeds=[0],
-        heldout_count=2,
+        eval_size=64,
         sample_steps=2,
+        bootstrap=20,
         docs=str(tmp_path / "docs"),
         bundle=str(tmp_path / "demo"),
     )
+    assert run(cfg, until="data")["heldout_photos"] == 2
+    licences = (tmp_path / "docs" / "training_photos.md").read_text()
+    assert "3 photographs for training" in licences and "photo4" in licences
     result = run(cfg)
 
-    assert set(result["rows"]) == {"teacher", "student-kd-seed0", "student-nokd-seed0", "telea"}
+    expected = {"teacher", "student-kd-seed0", "student-nokd-seed0", "telea", "navier-stokes"}
+    assert set(result["rows"]) == expected
+    assert len(result["cases"]) == 2 * 3  # two held-out photos × thin, medium, thick
     for row in result["rows"].values():
         assert 0 < row["masked_psnr"] < 100 and -1 <= row["masked_ssim"] <= 1
-    trained = {p.name for p in (tmp_path / "run" / "data" / "train").iterdir()}
-    assert not any(name.startswith(("chelsea", "rocket")) for name in trained)
+    low, high = result["summary"]["kd_minus_nokd_masked_psnr"]["interval"]
+    assert low <= result["summary"]["kd_minus_nokd_masked_psnr"]["mean"] <= high
+    trained = {p.stem for p in (tmp_path / "run" / "data" / "photos" / "train").iterdir()}
+    assert trained == {"photo0", "photo1", "photo2"}  # the last two by name are held out
     report = (tmp_path / "docs" / "small_scale.md").read_text()
-    assert "Verdict" in report and "chelsea" in report
+    assert "Verdict" in report and "photo4" in report and "navier-stokes" in report
     assert (tmp_path / "docs" / "images" / "small_scale_contact_sheet.png").stat().st_size > 0
 
     # A second run finds every stage finished and redoes nothing.
@@ -39,10 +66,10 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert run(cfg)["rows"] == result["rows"]
     assert (tmp_path / "run" / "eval" / "result.json").stat().st_mtime_ns == stamp
 
-    # The bundle is a pipeline directory the CLI can use.
+    # The bundle is a pipeline directory the CLI can use, built for the evaluation size.
     assert json.loads((tmp_path / "demo" / "pipeline.json").read_text())["model"] == "model"
-    from PIL import Image
-
+    config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
+    assert config["sample_size"] == cfg.eval_size // 8
     Image.new("RGB", (96, 64), (90, 120, 200)).save(tmp_path / "photo.png")
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (30, 20, 60, 44))
@@ -63,14 +90,44 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert code == 0 and Image.open(tmp_path / "out.png").size == (96, 64)
 
 
-def test_an_interrupted_data_stage_redone_pairs_crops_with_the_same_masks(tmp_path):
-    cfg = RecipeConfig(out=str(tmp_path / "run"), heldout_count=3)
+def test_a_student_moved_to_another_size_computes_the_same():
+    from moebius.models import build_model
+
+    torch.manual_seed(0)
+    small = build_model(
+        {
+            "model_type": "moebius",
+            "block_out_channels": [16, 32, 32],
+            "cross_attention_dim": 16,
+            "encoder_hid_dim": 24,
+            "norm_num_groups": 8,
+            "sample_size": 8,
+        }
+    ).eval()
+    large = at_sample_size(small, 16)
+    assert large.config.sample_size == 16 and small.config.sample_size == 8
+    x = torch.randn(2, 9, 16, 16)
+    ids = torch.arange(20).reshape(2, 10)
+    with torch.no_grad():
+        assert torch.allclose(large(x, 500, ids).sample, small(x, 500, ids).sample, atol=1e-6)
+
+
+def test_an_interrupted_data_stage_redone_pairs_photos_with_the_same_masks(tmp_path):
+    _photos(tmp_path / "photos")
+    cfg = RecipeConfig(photos=str(tmp_path / "photos"), heldout_photos=2, eval_size=64)
     out = tmp_path / "run"
     stage_data(cfg, out)
     heldout = out / "data" / "heldout"
     first = {p.name: p.read_bytes() for p in heldout.glob("*_mask.png")}
+    assert len(first) == 2 * 3 and len(set(first.values())) == 2 * 3
     # Interrupted after the held-out files were written, before the stage was marked done.
     (out / "data" / "result.json").unlink()
     stage_data(cfg, out)
     assert {p.name: p.read_bytes() for p in heldout.glob("*_mask.png")} == first
-    assert len(first) == 3 and len(set(first.values())) == 3
+    # A photo's masks follow from its name, not from its place among the held-out photos.
+    more = RecipeConfig(photos=str(tmp_path / "photos"), heldout_photos=3, eval_size=64)
+    stage_data(more, tmp_path / "more")
+    again = {
+        p.name: p.read_bytes() for p in (tmp_path / "more" / "data" / "heldout").glob("*_mask.png")
+    }
+    assert len(again) == 3 * 3 and {name: again[name] for name in first} == first

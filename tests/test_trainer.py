@@ -147,6 +147,7 @@ def _states_equal(a: Distiller, b: Distiller) -> None:
 
 def test_resume_is_bit_exact(assets, tmp_path):
     settings = {
+        "data": {"short_side": [64, 96], "foreground_prob": 0.5},
         "optim": {"optimizer": "muon", "warmup_steps": 2, "schedule": "cosine", "max_grad_norm": 1.0},
         "train": {"max_steps": 4, "batch_size": 1, "grad_accum": 2, "ema_decay": 0.9,
                   "checkpoint_every": 2},
@@ -168,6 +169,16 @@ def test_resume_is_bit_exact(assets, tmp_path):
     _states_equal(straight, resumed)
     rows = list(csv.DictReader((tmp_path / "b" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # the log continues
+
+
+def test_foreground_labels_train_the_other_category_too(assets, tmp_path):
+    config = make_config(assets, tmp_path, data={"foreground_prob": 0.25}, train={"batch_size": 8})
+    trainer = Distiller(config, progress=False)
+    batch = next(iter(trainer._loader(0, 1)))
+    assert (batch["input_ids"][:, 0] == 0).all()  # an image folder is all "background"
+    labels = torch.cat([trainer._inputs(batch)[2][:, 0] for _ in range(16)])
+    assert set(labels.tolist()) == {0, 10}  # the first id of each category
+    assert 0.15 < (labels == 10).float().mean() < 0.35
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_and_statistics(assets, tmp_path):

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         scaling_factor=config.scaling_factor,
         flip=d.flip,
         progress=not args.quiet,
+        short_side=tuple(d.short_side) if d.short_side else None,
     )
     print(f"cached {len(records)} images × {args.variants} variants → {index}")
     return 0

@@ -17,6 +17,7 @@ from moebius.models.authors_args import latent_size, one_per_model, read_authors
 from moebius.models.outputs import ModelOutput
 from moebius.nn import Downsample, DWConv, DWResBlock, TimestepEmbedding, Transformer2D, Upsample
 from moebius.nn.fusion import group_norm, set_plain
+from moebius.nn.initialisation import init_linear_layers
 from moebius.nn.lambda_block import LambdaBlock
 
 AUTHORS_MODEL_TYPE = "UNet2DLambdaDWConvMixFFNConditionModel_prune_down_mid_up_block_8x8"
@@ -252,6 +253,7 @@ class MoebiusUNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=1e-5)
         self.conv_out = DWConv(widths[0], cfg.out_channels, cfg.conv_out_kernel, residual=False)
         self.plain = False
+        init_linear_layers(self)
 
     def set_plain(self, plain: bool = True) -> "MoebiusUNet":
         """Run the plain (formula-literal, NCHW) path instead of the fast one; see moebius.nn.fusion."""

@@ -18,6 +18,7 @@ from moebius.models.authors_args import latent_size, one_per_model, read_authors
 from moebius.models.outputs import ModelOutput
 from moebius.nn import Downsample, TimestepEmbedding, Transformer2D, Upsample
 from moebius.nn.attention import GLATransformerBlock
+from moebius.nn.initialisation import init_linear_layers
 from moebius.nn.resnet import ResnetBlock
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
@@ -268,6 +269,7 @@ class PixelHackerUNet(nn.Module):
         self.conv_out = nn.Conv2d(
             widths[0], cfg.out_channels, cfg.conv_out_kernel, padding=cfg.conv_out_kernel // 2
         )
+        init_linear_layers(self)
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor

@@ -1,63 +1,147 @@
 """A small ``AutoencoderKL`` with the SDXL-VAE latent layout (f8, 4 channels), trained from scratch.
 
-Loss: L1 reconstruction + β·KL (β small, as in the SD autoencoders, so the latent stays
-informative). No GAN or perceptual term: at this scale they cost more than they give.
-After training, ``scaling_factor`` is set to 1/std of the latents, as Stable Diffusion did,
-so the diffusion models see unit-variance latents.
+The layout is the authors' so the diffusion models and the pipeline are unchanged, and the VAE
+loads through diffusers like the official one. The widths are chosen for speed where it
+costs most: the decoder's last two levels run at 256² and 512² for a 512-px photo, so they
+are kept at 32 and 16 channels, and the 64² mid-block attention (4096 tokens, a third of
+the encoder's time) is left out.
+
+Loss: L1 + ``gradient_weight`` · L1 between the image gradients (finite differences) at
+three scales, which keeps edges sharp where plain L1 is content to blur them, + a tiny
+β·KL so the posterior stays a near-deterministic, informative code (as in the SD
+autoencoders). No adversarial or perceptual term: the target is reconstruction PSNR and
+both trade PSNR for texture. After training ``scaling_factor`` is set to 1/std of the
+latents, as Stable Diffusion did, so the diffusion models see unit-variance latents.
 """
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from moebius.files import atomic_write
+from moebius.train.data import random_crop
 
 SMALL_VAE = {
     "in_channels": 3,
     "out_channels": 3,
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [32, 64, 128, 128],
+    "block_out_channels": [16, 32, 64, 128],
     "layers_per_block": 1,
     "latent_channels": 4,
-    "norm_num_groups": 16,
+    "norm_num_groups": 8,
+    "mid_block_add_attention": False,
 }
 
 
 def random_crops(
-    images: list[np.ndarray], size: int, batch: int, rng: np.random.Generator
+    images: Sequence[Image.Image],
+    size: int,
+    batch: int,
+    short_sides: tuple[int, int],
+    rng: np.random.Generator,
 ) -> torch.Tensor:
-    """(batch, 3, size, size) in [-1, 1], random photo, position and horizontal flip."""
-    out = np.empty((batch, size, size, 3), np.float32)
-    for i in range(batch):
-        image = images[int(rng.integers(len(images)))]
-        y = int(rng.integers(0, image.shape[0] - size + 1))
-        x = int(rng.integers(0, image.shape[1] - size + 1))
-        crop = image[y : y + size, x : x + size]
-        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
-    return torch.from_numpy(out / 127.5 - 1).permute(0, 3, 1, 2).contiguous()
+    """(batch, 3, size, size) in [-1, 1]: random photo, zoom, position and flip."""
+    crops = [
+        random_crop(images[int(rng.integers(len(images)))], None, size, rng, True, short_sides)[0]
+        for _ in range(batch)
+    ]
+    pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
+    return pixels / 127.5 - 1
+
+
+def gradient_loss(reconstruction: torch.Tensor, target: torch.Tensor, scales: int = 3):
+    """Mean L1 between horizontal and vertical finite differences over a 2× pyramid."""
+    total = reconstruction.new_zeros(())
+    for scale in range(scales):
+        if scale:
+            reconstruction = F.avg_pool2d(reconstruction, 2)
+            target = F.avg_pool2d(target, 2)
+        d = reconstruction - target
+        total = total + (d[..., :, 1:] - d[..., :, :-1]).abs().mean()
+        total = total + (d[..., 1:, :] - d[..., :-1, :]).abs().mean()
+    return total / scales
+
+
+def _initialise_for_a_short_run(vae, log_variance: float = -12.0) -> None:
+    """Two changes to diffusers' initialisation that matter when training is minutes long.
+    Every residual block starts as the identity (its last conv zeroed), so the network starts
+    as a shallow chain of convolutions that learns a patch code quickly, and depth is taken
+    up as it helps. The posterior's log-variance starts at ``log_variance``: at ≈ 0 the decoder
+    would first learn from latents drowned in unit noise that the tiny KL weight leaves the
+    encoder to silence slowly."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, ResnetBlock2D):
+                module.conv2.weight.zero_()
+                module.conv2.bias.zero_()
+        half = vae.quant_conv.out_channels // 2
+        vae.quant_conv.weight[half:].zero_()
+        vae.quant_conv.bias[half:].fill_(log_variance)
+
+
+def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(steps - warmup, 1)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, images: Sequence[np.ndarray], sample: bool = False) -> float:
+    """Mean PSNR (dB) of decode(encode(x)) over whole images (uint8 HxWx3), one at a time.
+    ``sample``: decode a posterior sample (what the pipeline does) instead of the mean."""
+    generator = torch.Generator().manual_seed(0)
+    values = []
+    for image in images:
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        posterior = vae.encode(x).latent_dist
+        latent = posterior.sample(generator) if sample else posterior.mode()
+        y = vae.decode(latent).sample.clamp(-1, 1)
+        # quantise as a saved image would be, then PSNR on the 0–255 scale
+        y = ((y + 1) * 127.5).round()
+        mse = (y - (x + 1) * 127.5).square().mean()
+        values.append(float(10 * torch.log10(255.0**2 / mse)))
+    return float(np.mean(values))
 
 
 def train_vae(
-    images: list[np.ndarray],
+    images: Sequence[Image.Image],
     out_dir: Path,
     steps: int,
     size: int = 128,
     batch: int = 8,
-    lr: float = 5e-4,
+    lr: float = 1e-3,
     kl_weight: float = 1e-6,
+    gradient_weight: float = 1.0,
+    short_sides: tuple[int, int] = (256, 768),
+    bf16: bool = True,
+    config: dict | None = None,
     seed: int = 0,
     checkpoint_every: int = 250,
+    heldout: Sequence[np.ndarray] = (),
+    eval_every: int = 0,
 ) -> dict:
-    """Train and write ``out_dir/vae`` (diffusers format); resumes from ``out_dir/state.pt``."""
+    """Train and write ``out_dir/vae`` (diffusers format); resumes from ``out_dir/state.pt``.
+
+    ``bf16`` runs forward and backward under bfloat16 autocast (weights and optimiser stay
+    float32): 1.7× faster on CPUs with AVX-512 bf16. ``heldout`` photos are scored every
+    ``eval_every`` steps (logged) and at the end."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**SMALL_VAE)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr)
+    vae = AutoencoderKL(**(config or SMALL_VAE))
+    _initialise_for_a_short_run(vae)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path, log_path = out_dir / "state.pt", out_dir / "loss.jsonl"
@@ -76,18 +160,29 @@ def train_vae(
         log_path.write_text("".join(line + "\n" for line in kept))
 
     vae.train()
+    warmup = min(200, steps // 10)
     for step in tqdm(range(start, steps), desc="vae", initial=start, total=steps):
-        x = random_crops(images, size, batch, rng)
-        posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, lr, warmup)
+        x = random_crops(images, size, batch, short_sides, rng)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            posterior = vae.encode(x).latent_dist
+            reconstruction = vae.decode(posterior.sample()).sample.float()
         l1 = (reconstruction - x).abs().mean()
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = l1 + kl_weight * kl
+        edges = gradient_loss(reconstruction, x)
+        kl = posterior.kl().float().mean() / x[0].numel()
+        loss = l1 + gradient_weight * edges + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
+        record = {"step": step + 1, "l1": l1.item(), "edges": edges.item(), "kl": kl.item()}
+        if eval_every and heldout and (step + 1) % eval_every == 0:
+            vae.eval()
+            record["heldout_psnr_db"] = reconstruction_psnr(vae, heldout)
+            vae.train()
         with log_path.open("a") as log:
-            log.write(json.dumps({"step": step + 1, "l1": l1.item(), "kl": kl.item()}) + "\n")
+            log.write(json.dumps(record) + "\n")
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
             state = {
                 "vae": vae.state_dict(),
@@ -100,17 +195,16 @@ def train_vae(
 
     vae.eval()
     with torch.no_grad():
-        probe = random_crops(images, 2 * size, 16, np.random.default_rng(seed + 1))
-        latents = vae.encode(probe).latent_dist.sample()
-        scaling = float(1.0 / latents.std())
-        psnr = float(
-            10 * torch.log10(4 / (vae.decode(latents).sample.clamp(-1, 1) - probe).square().mean())
-        )
+        probe = random_crops(images, 2 * size, 16, short_sides, np.random.default_rng(seed + 1))
+        scaling = float(1.0 / vae.encode(probe).latent_dist.sample().std())
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(out_dir / "vae")
-    return {
+    result = {
         "steps": steps,
         "scaling_factor": scaling,
-        "reconstruction_psnr_db": psnr,
         "parameters": sum(p.numel() for p in vae.parameters()),
     }
+    if heldout:
+        result["heldout_psnr_db"] = reconstruction_psnr(vae, heldout)
+        result["heldout_psnr_sampled_db"] = reconstruction_psnr(vae, heldout, sample=True)
+    return result

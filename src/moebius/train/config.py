@@ -32,6 +32,12 @@ class DataConfig:
     cache: str | None = None  # latent cache directory (moebius cache-latents); None = encode live
     prompt: str = "background"  # category for image-folder records
     flip: bool = True
+    # multi-scale crops: scale each image so its short side is a random length in this
+    # range (pixels) before cropping; None = only upscale images smaller than the crop
+    short_side: list[int] | None = None
+    # image folders carry one category; label this fraction of samples "foreground" so the
+    # branch CFG extrapolates away from is trained too
+    foreground_prob: float = 0.0
     num_workers: int = 2
     dataset_mask_prob: float = 1.0  # use a record's own mask with this probability
     dilate: list[int] | None = field(default_factory=lambda: [3, 7])  # random k×k, None = off
@@ -51,6 +57,7 @@ class DistillConfig:
     teacher_block: int | None = None
     perceptual: str = "auto"  # auto | elatentlpips | multiscale | none
     noise_offset: float = NOISE_OFFSET
+    timesteps: str = "lognorm"  # lognorm (the authors') | uniform (training from scratch)
     output_param: str = "diff_model.conv_out.conv_pw.weight"
     feature_param: str | None = None  # None: proj_out of the last transformer of the deepest level
 

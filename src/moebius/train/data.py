@@ -143,24 +143,46 @@ def sample_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
 
 
 def random_crop(
-    image: Image.Image, mask: Image.Image | None, size: int, rng: np.random.Generator, flip: bool
+    image: Image.Image,
+    mask: Image.Image | None,
+    size: int,
+    rng: np.random.Generator,
+    flip: bool,
+    short_side: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Upscale so the short side is at least ``size``, random ``size``² crop, random h-flip."""
+    """Random ``size``² crop and random h-flip. The image is first scaled so its short side is
+    at least ``size``, or, with ``short_side``, a random length in that range (never below
+    ``size``): multi-scale crops that show layout when zoomed out and texture when zoomed in."""
     w, h = image.size
     if mask is not None and mask.size != (w, h):
         raise InputError(f"mask size {mask.size} differs from its image size {(w, h)}")
-    scale = max(size / min(w, h), 1.0)
-    if scale > 1.0:
-        new = (max(size, round(w * scale)), max(size, round(h * scale)))
-        image = image.resize(new, Image.BICUBIC)
-        mask = mask.resize(new, Image.NEAREST) if mask is not None else None
-        w, h = new
-    x0, y0 = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
-    box = (x0, y0, x0 + size, y0 + size)
-    pixels = np.array(image.crop(box), np.uint8)
+    if short_side is None:
+        scale = max(size / min(w, h), 1.0)
+        if scale > 1.0:
+            new = (max(size, round(w * scale)), max(size, round(h * scale)))
+            image = image.resize(new, Image.BICUBIC)
+            mask = mask.resize(new, Image.NEAREST) if mask is not None else None
+            w, h = new
+        x0, y0 = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+        box = (x0, y0, x0 + size, y0 + size)
+        pixels = np.array(image.crop(box), np.uint8)
+        cropped_mask = mask.crop(box) if mask is not None else None
+    else:
+        low = max(short_side[0], size)
+        scale = int(rng.integers(low, max(low, short_side[1]) + 1)) / min(w, h)
+        scaled = (max(size, round(w * scale)), max(size, round(h * scale)))
+        x0 = int(rng.integers(0, scaled[0] - size + 1))
+        y0 = int(rng.integers(0, scaled[1] - size + 1))
+        # resample only the crop's footprint in the source: one crop's cost at any zoom
+        sx, sy = w / scaled[0], h / scaled[1]
+        box = (x0 * sx, y0 * sy, min(w, (x0 + size) * sx), min(h, (y0 + size) * sy))
+        pixels = np.array(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)
+        cropped_mask = None
+        if mask is not None:
+            cropped_mask = mask.resize((size, size), Image.NEAREST, box=box)
     hole = None
-    if mask is not None:
-        hole = (np.array(mask.crop(box), np.uint8) >= 128).astype(np.uint8)
+    if cropped_mask is not None:
+        hole = (np.array(cropped_mask, np.uint8) >= 128).astype(np.uint8)
     if flip and rng.random() < 0.5:
         pixels = pixels[:, ::-1]
         hole = hole[:, ::-1] if hole is not None else None
@@ -181,8 +203,10 @@ class InpaintingDataset(torch.utils.data.Dataset):
         masks: MaskSampler,
         seed: int = 0,
         flip: bool = True,
+        short_side: tuple[int, int] | None = None,
     ):
         self.records, self.size, self.masks, self.seed, self.flip = records, size, masks, seed, flip
+        self.short_side = short_side
 
     def __len__(self) -> int:
         return len(self.records)
@@ -193,7 +217,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
         rng = sample_rng(self.seed, epoch, position)
         image = _open(record.image, "RGB")
         dataset_mask = _open(record.mask, "L") if record.mask is not None else None
-        pixels, hole = random_crop(image, dataset_mask, self.size, rng, self.flip)
+        pixels, hole = random_crop(image, dataset_mask, self.size, rng, self.flip, self.short_side)
         hole = self.masks(self.size, self.size, rng, hole)
         return {
             "image": torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1.0,

@@ -79,6 +79,7 @@ def write_latent_cache(
     scaling_factor: float = 0.13025,
     flip: bool = True,
     progress: bool = True,
+    short_side: tuple[int, int] | None = None,
 ) -> Path:
     """Encode every record ``variants`` times into ``out_dir``; returns the index path."""
     out_dir = Path(out_dir)
@@ -94,7 +95,7 @@ def write_latent_cache(
             dataset_mask = _open(record.mask, "L") if record.mask is not None else None
             for v in range(variants):
                 rng = sample_rng(seed, shard_start + offset, v)
-                pixels, hole = random_crop(image, dataset_mask, size, rng, flip)
+                pixels, hole = random_crop(image, dataset_mask, size, rng, flip, short_side)
                 hole = masks(size, size, rng, hole)
                 x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1.0
                 m = torch.from_numpy(hole)[None].float()

@@ -30,6 +30,18 @@ def lognorm_timesteps(z: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.floor(steps * torch.sigmoid(z.double())).long().clamp(0, steps - 1)
 
 
+def uniform_timesteps(z: torch.Tensor, steps: int) -> torch.Tensor:
+    """t uniform on 0 … steps − 1 from the same normal draw (t = floor(steps·Φ(z))).
+
+    lognorm_t puts 0.2 % of samples below t = 50 and 1.4 % below t = 100: fine when fine-tuning
+    a model that already denoises there, but a model trained from scratch for a short while
+    never learns the last steps of a sampler, and its samples end in unremoved noise."""
+    return torch.floor(steps * torch.special.ndtr(z.double())).long().clamp(0, steps - 1)
+
+
+TIMESTEP_SAMPLERS = {"lognorm": lognorm_timesteps, "uniform": uniform_timesteps}
+
+
 def full_precision(x: torch.Tensor) -> torch.Tensor:
     """float32, or float64 when the run is in float64 (numerical checks)."""
     return x if x.dtype == torch.float64 else x.float()

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from moebius.errors import ConfigError, InputError
 from moebius.files import atomic_write
 from moebius.models.kd_pairs import coarse_kd_blocks
+from moebius.models.lcg import category_ids
 from moebius.sampling import NoiseSchedule
 from moebius.train.config import TrainConfig
 from moebius.train.data import (
@@ -51,12 +52,12 @@ from moebius.train.distributed import (
 )
 from moebius.train.latent_cache import LatentCache, encode_moments, latent_mask, sample_latents
 from moebius.train.losses import (
+    TIMESTEP_SAMPLERS,
     FeatureAdapter,
     adaptive_weights,
     build_perceptual,
     combine,
     full_precision,
-    lognorm_timesteps,
     loss_terms,
 )
 
@@ -252,6 +253,12 @@ class Distiller:
             else None
         )
         self.schedule = NoiseSchedule()
+        if config.distill.timesteps not in TIMESTEP_SAMPLERS:
+            raise ConfigError(
+                f"distill.timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, "
+                f"got {config.distill.timesteps!r}"
+            )
+        self.timestep_sampler = TIMESTEP_SAMPLERS[config.distill.timesteps]
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self._build_data()
@@ -382,7 +389,12 @@ class Distiller:
                 raise ConfigError("data.train (a JSONL file or an image folder) is required")
             records = read_records(d.train, d.prompt)
             self.dataset = InpaintingDataset(
-                records, cfg.image_size, self._mask_sampler(), cfg.seed, d.flip
+                records,
+                cfg.image_size,
+                self._mask_sampler(),
+                cfg.seed,
+                d.flip,
+                tuple(d.short_side) if d.short_side else None,
             )
         self.val_records = None
         if run.sample_every and self.vae is not None and self.dist.is_main:
@@ -439,8 +451,14 @@ class Distiller:
         masked_latent = sample_latents(masked, self._draw(latent), sf)
         noise = self._draw(latent)
         noise = noise + self.config.distill.noise_offset * self._draw((b, c2 // 2, 1, 1))
-        t = lognorm_timesteps(self._draw((b,)), self.schedule.num_train_timesteps).to(self.device)
+        t = self.timestep_sampler(self._draw((b,)), self.schedule.num_train_timesteps)
+        t = t.to(self.device)
         x_t = self.schedule.add_noise(x0, noise, t)
+        if self.config.data.foreground_prob > 0:
+            # a normal draw below the p-quantile is a Bernoulli(p) from the checkpointed stream
+            threshold = float(torch.special.ndtri(torch.tensor(self.config.data.foreground_prob)))
+            relabel = (self._draw((b,)) < threshold).to(self.device)
+            ids = torch.where(relabel[:, None], category_ids("foreground", b, self.device), ids)
         return torch.cat([x_t, mask, masked_latent], dim=1), t, ids, noise, x0
 
     def _autocast(self):
