@@ -421,6 +421,21 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         schedule = NoiseSchedule.load(where.scheduler_dir) if where.scheduler_dir else None
         return cls(model, vae, schedule).to(device, dtype)
 
+    @classmethod
+    def from_exported(
+        cls,
+        directory: str | os.PathLike,
+        backend: str | None = None,
+        threads: int | None = None,
+        dtype: str = "float32",
+    ) -> InpaintPipeline:
+        """A directory written by ``moebius export``, run by ONNX Runtime or OpenVINO (``backend``;
+        default: the one its format is made for) with NumPy, without PyTorch: an
+        :class:`~moebius.export.runtime.ExportedInpaintPipeline`, called like this class."""
+        from moebius.export.runtime import ExportedInpaintPipeline
+
+        return ExportedInpaintPipeline.from_exported(directory, backend, threads, dtype)
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``model/`` (moebius format), ``vae/`` (diffusers) and ``scheduler/`` (a diffusers
         DDIM config), then ``pipeline.json`` last so a half-written directory is never mistaken

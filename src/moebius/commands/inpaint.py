@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from moebius.errors import InputError
+from moebius.export.backends import add_backend_args
 from moebius.runtime import add_runtime_args
 from moebius.settings import add_settings_args
 
@@ -67,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model-config",
         help="model preset or authors' YAML when it cannot be guessed from the folder name",
     )
+    add_backend_args(model)
     add_runtime_args(parser)
     add_settings_args(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -106,28 +108,18 @@ def _check_args(args: argparse.Namespace) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, runtime):
-    from diffusers.utils import logging as diffusers_logging
+    from moebius.export.backends import load_pipeline
 
-    from moebius.pipeline import MoebiusInpaintPipeline
-
-    diffusers_logging.set_verbosity_error()  # its load-time advice is not for our users
-    model = args.model
-    if model == "auto":
-        from moebius.weights import default_model
-
-        model, note = default_model(args.variant)
-        if note:
-            print(f"moebius inpaint: note: {note}", file=sys.stderr)
-    pipe = MoebiusInpaintPipeline.from_pretrained(
-        model,
+    return load_pipeline(
+        args.model,
+        args.backend,
         variant=args.variant,
         model_config=args.model_config,
-        device=runtime.device,
-        dtype=runtime.dtype,
+        device=runtime.device if runtime else args.device,
+        dtype=runtime.dtype if runtime else args.dtype,
+        threads=args.threads,
+        note=lambda line: print(f"moebius inpaint: {line}", file=sys.stderr),
     )
-    pipe.enable_vae_tiling()
-    pipe.enable_vae_slicing()
-    return pipe
 
 
 def _inpaint(pipe, settings, images: list, masks: list, names: list[str]) -> list:
@@ -147,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
 
     mode = _check_args(args)
     settings = settings_from_args(args)
-    runtime = apply_runtime_args(args)
+    # the exported backends configure their runtime themselves, without PyTorch
+    runtime = apply_runtime_args(args) if args.backend == "torch" else None
     if mode == "single":
         return _run_single(args, settings, runtime)
     return _run_batch(args, settings, runtime)
@@ -208,6 +201,7 @@ def _run_record(args: argparse.Namespace, settings) -> dict:
     """What decides the outputs of a batch run, as written to OUT/run.json."""
     return {
         "model": args.model,
+        "backend": args.backend,
         "variant": args.variant,
         "model_config": args.model_config,
         "dtype": args.dtype,
@@ -229,6 +223,7 @@ def _check_run(path: Path, record: dict, overwrite: bool) -> dict:
             previous = json.loads(path.read_text())
         except ValueError:
             previous = {}
+        previous.setdefault("backend", "torch")  # folders made before backends existed
         if record["settings"]["seed"] is None and "settings" in previous:
             record["settings"]["seed"] = previous["settings"].get("seed")
         changed = [k for k in record if k != "settings" and previous.get(k) != record[k]]

@@ -6,8 +6,9 @@ oneDNN's speed on CPUs MKL has no tuned path for (on a 2-core AMD EPYC, 210 agai
 on one thread to a slow fallback. These functions call oneDNN's convolution instead: a matrix
 product is a 1×1 convolution over the rows seen as a channels-last (1, C, N, 1) map.
 Results equal the usual ops to float32 rounding. Other devices and dtypes, anything
-under autocast (whose casting the usual ops do) and code being traced by
-``torch.compile`` (which picks its own kernels) take the usual ops.
+under autocast (whose casting the usual ops do), code being traced by
+``torch.compile`` (which picks its own kernels) and code being traced into a graph for another
+runtime (ONNX export, which knows only the usual ops) take the usual ops.
 """
 
 import torch
@@ -22,6 +23,7 @@ def _use_onednn(x: torch.Tensor) -> bool:
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
     )
 
 

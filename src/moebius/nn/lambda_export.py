@@ -1,0 +1,112 @@
+"""The λ layers' export forms: the maths of their fast paths in operators that ONNX Runtime and
+OpenVINO run well, traceable with the batch and the spatial size as graph inputs.
+
+The eager fast path reads Local-λ's r×r neighbourhoods through ``as_strided`` views and
+resamples Interactive-λ's position table with Python arithmetic on the map size; neither
+survives tracing (the first becomes an out-of-bounds ``Gather``, the second a ``round`` of a
+traced size). Here:
+
+* Local-λ's positional term, Σ_Δ (Σ_i Q_i E_i(Δ)) V(n + Δ), runs on tiles of ``TILE``
+  neighbouring positions of an image row. A tile needs one (r, TILE + r − 1) block of values
+  per image, and the queries' weights on that block form a banded matrix that one matrix product
+  of the queries with a constant banded copy of the kernel bank gives directly. So the whole
+  term is two batched matrix products and two gathers of the padded values, ~41× the
+  values' size at ``TILE`` 8 (a full im2col would be r² = 225×), for (TILE + r − 1)/r ≈ 1.5×
+  the multiply-adds of the query-first product.
+* Interactive-λ's table is resampled in the graph by two matrix products with the bicubic
+  weight matrices of PyTorch's ``interpolate`` (antialiased when shrinking), computed from the
+  map size with elementwise operators; at the table's own size these matrices are the identity,
+  so the table comes out exactly.
+
+No ``Einsum`` (slow and never quantized in ONNX Runtime) and no data-dependent branches.
+"""
+
+import torch
+import torch.nn.functional as F
+
+# Positions per Local-λ tile along an image row; see the module docstring.
+TILE = 8
+# PyTorch's cubic convolution coefficients: plain bicubic, and the antialiased (PIL) filter.
+CUBIC_A, CUBIC_A_ANTIALIAS = -0.75, -0.5
+
+
+def banded_kernels(kernel: torch.Tensor, tile: int = TILE) -> torch.Tensor:
+    """(k, r, r) kernel bank → (tile, k, r·(tile + r − 1)): row t holds the bank shifted right
+    by t columns, so that queries at tile position t times it give their weights on the tile's
+    (r, tile + r − 1) block of values. One product with a 0/1 shift tensor (exact)."""
+    k, _, r = (int(d) for d in kernel.shape)
+    span = tile + r - 1
+    target = torch.arange(tile)[:, None, None] + torch.arange(r)[None, :, None]
+    shift = (target == torch.arange(span)[None, None, :]).to(kernel.dtype)  # (tile, r, span)
+    return torch.matmul(kernel.reshape(1, k * r, r), shift).reshape(tile, k, r * span)
+
+
+def local_positional(
+    q: torch.Tensor, v: torch.Tensor, kernel: torch.Tensor, heads: int, size, tile: int = TILE
+) -> torch.Tensor:
+    """Σ_i Q_i (E_i ∗ V) for (B, n, heads·k) queries, (B, n, v) values and the (k, r, r) kernel
+    bank (zero padding), as (B, n, heads·v) tokens."""
+    b, n, dim_v = v.shape
+    # Python ints, not traced sizes: ONNX's integer division truncates where Python's floors.
+    k, _, r = (int(d) for d in kernel.shape)
+    height, width = size
+    pad, span = r // 2, tile + r - 1
+    tiles = (width + tile - 1) // tile
+    # Pads are fixed (the most a last tile can need) and index ranges cut what this size needs,
+    # so the graph holds no size-dependent pads.
+    # (B, tiles, H, tile, heads, k) @ (tile, k, r·span): the banded weights of every query
+    q = F.pad(q.reshape(b, height, width, heads * k), (0, 0, 0, tile - 1))[:, :, : tiles * tile]
+    q = q.reshape(b, height, tiles, tile, heads, k).transpose(1, 2)
+    band = torch.matmul(q, banded_kernels(kernel, tile).to(q.dtype))
+    band = band.reshape(b * tiles * height, tile * heads, r * span)
+    # Each tile's r×span block of values: columns t·tile + c of every padded row, then rows
+    # y + dy, both as one Gather with an index grid.
+    padded = F.pad(v.reshape(b, height, width, dim_v), (0, 0, pad, pad + tile - 1, pad, pad))
+    columns = torch.arange(tiles)[:, None] * tile + torch.arange(span)[None, :]
+    blocks = padded.index_select(2, columns.reshape(-1)).reshape(b, -1, tiles, span, dim_v)
+    rows = torch.arange(height)[:, None] + torch.arange(r)[None, :]
+    blocks = blocks.transpose(1, 2).index_select(2, rows.reshape(-1))
+    y = torch.matmul(band, blocks.reshape(b * tiles * height, r * span, dim_v))
+    y = y.reshape(b, tiles, height, tile, heads * dim_v).transpose(1, 2)
+    y = y.reshape(b, height, tiles * tile, heads * dim_v)[:, :, :width]
+    return y.reshape(b, n, heads * dim_v)
+
+
+def _cubic(x: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel with coefficient ``a``."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, far * (x < 2))
+
+
+def resampling_matrix(length, side: int, antialias) -> torch.Tensor:
+    """(length, side) weights of PyTorch's bicubic ``interpolate`` (``align_corners=False``) from
+    ``side`` samples to ``length``: plain (coefficient −0.75, taps beyond the edges folded onto
+    the edge samples) or, where ``antialias`` (a bool tensor) is true, the antialiased filter
+    (coefficient −0.5, stretched by the shrink factor, weights normalised). ``length`` may be a
+    traced size."""
+    scale = side / torch.as_tensor(length, dtype=torch.float32)
+    position = (torch.arange(length, dtype=torch.float32)[:, None] + 0.5) * scale - 0.5
+    # samples −2 … side + 1: the plain filter's 4 taps never reach further
+    offsets = torch.arange(-2, side + 2, dtype=torch.float32)[None, :] - position
+    edge = torch.arange(-2, side + 2).clamp(0, side - 1)[:, None]
+    fold = (edge == torch.arange(side)[None, :]).to(torch.float32)  # (side + 4, side)
+    plain = torch.matmul(_cubic(offsets, CUBIC_A), fold)
+    smooth = _cubic(offsets[:, 2:-2] / scale.clamp(min=1.0), CUBIC_A_ANTIALIAS)
+    smooth = smooth / smooth.sum(dim=1, keepdim=True)
+    return torch.where(antialias, smooth, plain)
+
+
+def position_table(table: torch.Tensor, side: int, size) -> torch.Tensor:
+    """:func:`moebius.nn.lambda_layers.resample_position_table` of a (side², m, k, 1) table to
+    ``size``, as (H·W, m, k), by two matrix products, for sizes known only when the graph
+    runs."""
+    height, width = size
+    _, tokens, depth, _ = (int(d) for d in table.shape)
+    shrinking = torch.as_tensor(height < side) | torch.as_tensor(width < side)
+    rows = resampling_matrix(height, side, shrinking).to(table.dtype)
+    columns = resampling_matrix(width, side, shrinking).to(table.dtype)
+    grid = torch.matmul(rows, table.reshape(side, side * tokens * depth))
+    grid = torch.matmul(columns, grid.reshape(-1, side, tokens * depth))  # (H, W, m·k)
+    return grid.reshape(-1, tokens, depth)
