@@ -11,6 +11,9 @@ or float16 storage, float or 8-bit weights.
 * ``int8-dynamic`` (ONNX Runtime): matrix products in 8-bit integer arithmetic, the weights
   quantised per output channel ahead of time and the activations per tensor at run time
   (``DynamicQuantizeLinear`` + ``MatMulInteger``); convolutions stay float.
+
+Only the network's weights are compressed: the constant operands of the λ layers' export forms
+(Interactive-λ's position tables, Local-λ's banded kernel bank) stay float32.
 """
 
 import shutil
@@ -54,6 +57,27 @@ def simplify(source: Path, target: Path) -> None:
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
+def float_products(source: Path) -> list[str]:
+    """Names of the matrix products with a constant operand that are not weight products: the
+    position-table resampling (its left operand is the bicubic weight matrix, picked by a
+    ``Where``) and anything whose constant is not a 2-D matrix (the banded kernel bank)."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    constants = {init.name: init for init in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in constants:
+            continue
+        left = producers.get(node.input[0])
+        if (left is not None and left.op_type == "Where") or len(
+            constants[node.input[1]].dims
+        ) != 2:
+            keep.append(node.name)
+    return keep
+
+
 def _onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
     import onnx
 
@@ -70,7 +94,12 @@ def _onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         quantizer = MatMulNBitsQuantizer(
-            model, bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4
+            model,
+            bits=8,
+            block_size=INT8_BLOCK,
+            is_symmetric=True,
+            accuracy_level=4,
+            nodes_to_exclude=float_products(source),
         )
         quantizer.process()
         model = quantizer.model.model
@@ -81,6 +110,7 @@ def _onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
             model,
             target,
             op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=float_products(source),
             per_channel=True,
             weight_type=QuantType.QInt8,
         )
@@ -95,5 +125,8 @@ def _openvino(source: Path, target: Path, dtype: str, weights: str) -> None:
     if weights == "int8":
         import nncf
 
-        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        keep = nncf.IgnoredScope(names=float_products(source), validate=False)
+        model = nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep
+        )
     ov.save_model(model, str(target), compress_to_fp16=dtype == "float16")

@@ -58,6 +58,11 @@ class ExportOptions:
             raise InputError("8-bit weights are made from float32 graphs; leave --dtype float32")
         return self
 
+    def describe(self) -> str:
+        return " ".join(
+            [self.format, self.dtype] + ([self.weights] if self.weights != "float" else [])
+        )
+
 
 def _versions() -> dict[str, str | None]:
     found = {}
@@ -133,6 +138,25 @@ def check_against_torch(pipe, directory: Path, size: tuple[int, int], threads) -
     }
 
 
+def load_for_export(model: str, variant: str | None = None, model_config: str | None = None):
+    """``model`` (anything :meth:`MoebiusInpaintPipeline.from_pretrained` loads) with its
+    BatchNorms folded, and the SHA-256 of the files it was loaded from (relative names)."""
+    from moebius.pipeline import MoebiusInpaintPipeline
+    from moebius.weights import DEFAULT_VARIANT, locate
+
+    variant = variant or DEFAULT_VARIANT
+    where = locate(model, variant, model_config)
+    pipe = MoebiusInpaintPipeline.from_pretrained(
+        model, variant=variant, model_config=model_config, fuse=True
+    )
+    files = source_files(where)
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    return pipe, {
+        "model": str(model),
+        "sha256": {str(f.relative_to(root)): _sha256(f) for f in files},
+    }
+
+
 def export_pipeline(
     model: str,
     out: str | os.PathLike,
@@ -146,32 +170,45 @@ def export_pipeline(
 ) -> dict:
     """Export ``model`` (anything :meth:`MoebiusInpaintPipeline.from_pretrained` loads) into the
     directory ``out``; returns the manifest."""
-    from moebius.export.compress import derive
-    from moebius.export.graphs import graph_specs, to_onnx
-    from moebius.pipeline import MoebiusInpaintPipeline
-    from moebius.weights import DEFAULT_VARIANT, locate
-
-    options = options.validate()
+    options.validate()
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; choose another directory or pass --overwrite")
-    variant = variant or DEFAULT_VARIANT
     started = time.perf_counter()
-    where = locate(model, variant, model_config)
-    pipe = MoebiusInpaintPipeline.from_pretrained(
-        model, variant=variant, model_config=model_config, fuse=True
-    )
+    pipe, source = load_for_export(model, variant, model_config)
+    log(f"loaded {model} in {time.perf_counter() - started:.1f} s")
+    (manifest,) = export_loaded(pipe, {out: options}, source, threads=threads, log=log)
+    log(f"exported {model} to {out} in {time.perf_counter() - started:.1f} s")
+    return manifest
+
+
+def export_loaded(
+    pipe,
+    targets: dict[Path, ExportOptions],
+    source: dict,
+    *,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Export a loaded, fused PyTorch pipeline once per target directory (existing ones are
+    replaced), tracing it only once; returns the manifests."""
+    from moebius.export.compress import derive
+    from moebius.export.graphs import graph_specs, to_onnx
+
     if pipe.model.config.model_type != "moebius":
         raise InputError(
-            f"only the Moebius student exports; {model} is a {pipe.model.config.model_type}"
+            f"only the Moebius student exports; {source['model']} is a "
+            f"{pipe.model.config.model_type}"
         )
-    size = options.size or (pipe.image_size, pipe.image_size)
-    _check_size(size, pipe.pixel_multiple)
-    sources = {str(p): _sha256(p) for p in source_files(where)}
-    log(f"loaded {model} in {time.perf_counter() - started:.1f} s")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    if not getattr(pipe.model, "fused", False):
+        raise InputError("export a pipeline whose model is fused (model.eval().fuse())")
+    for options in targets.values():
+        options.validate()
+        _check_size(options.size or (pipe.image_size,) * 2, pipe.pixel_multiple)
+    first = Path(next(iter(targets))).expanduser()
+    first.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{first.name}.", suffix=".tmp", dir=first.parent))
+    manifests = []
     try:
         traced = work / "traced"
         traced.mkdir()
@@ -179,37 +216,44 @@ def export_pipeline(
             clock = time.perf_counter()
             to_onnx(spec, traced / f"{spec.name}.onnx")
             log(f"traced {spec.name} in {time.perf_counter() - clock:.1f} s")
-        final = work / "export"
-        final.mkdir()
-        clock = time.perf_counter()
-        files = derive(traced, final, options.format, options.dtype, options.weights)
-        log(f"wrote the {options.format} graphs in {time.perf_counter() - clock:.1f} s")
-        shutil.rmtree(traced)
-        manifest = _manifest(pipe, model, options, size, sources, files, final)
-        write_json(final / MANIFEST_FILE, manifest)
-        clock = time.perf_counter()
-        check = check_against_torch(pipe, final, size, threads)
-        log(
-            f"checked against PyTorch at {size[0]}x{size[1]}: max |Δε| "
-            f"{check['noise_max_abs_diff']:.2g} (max |ε| {check['noise_max_abs']:.2g}) "
-            f"in {time.perf_counter() - clock:.1f} s"
-        )
-        exact = options.dtype == "float32" and options.weights == "float"
-        if exact and check["noise_max_abs_diff"] > FLOAT32_TOLERANCE * check["noise_max_abs"]:
-            raise ExportError(
-                f"the exported denoiser differs from PyTorch by {check['noise_max_abs_diff']:.3g} "
-                f"(max |ε| {check['noise_max_abs']:.3g}); please report this"
-            )
-        manifest["check"] = check
-        write_json(final / MANIFEST_FILE, manifest)
-        _replace(final, out)
+        for index, (out, options) in enumerate(targets.items()):
+            final = work / f"export-{index}"
+            final.mkdir()
+            clock = time.perf_counter()
+            files = derive(traced, final, options.format, options.dtype, options.weights)
+            log(f"wrote {options.describe()} graphs in {time.perf_counter() - clock:.1f} s")
+            size = options.size or (pipe.image_size, pipe.image_size)
+            manifest = _manifest(pipe, source, options, size, files)
+            write_json(final / MANIFEST_FILE, manifest)
+            manifest["check"] = _check(pipe, final, options, size, threads, log)
+            write_json(final / MANIFEST_FILE, manifest)
+            out = Path(out).expanduser()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _replace(final, out)
+            manifests.append(manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"exported {model} to {out} in {time.perf_counter() - started:.1f} s")
-    return manifest
+    return manifests
 
 
-def _manifest(pipe, model, options, size, sources, files, directory: Path) -> dict:
+def _check(pipe, directory: Path, options: ExportOptions, size, threads, log) -> dict:
+    clock = time.perf_counter()
+    check = check_against_torch(pipe, directory, size, threads)
+    log(
+        f"checked {options.describe()} against PyTorch at {size[0]}x{size[1]}: max |Δε| "
+        f"{check['noise_max_abs_diff']:.2g} (max |ε| {check['noise_max_abs']:.2g}) in "
+        f"{time.perf_counter() - clock:.1f} s"
+    )
+    exact = options.dtype == "float32" and options.weights == "float"
+    if exact and check["noise_max_abs_diff"] > FLOAT32_TOLERANCE * check["noise_max_abs"]:
+        raise ExportError(
+            f"the exported denoiser differs from PyTorch by {check['noise_max_abs_diff']:.3g} "
+            f"(max |ε| {check['noise_max_abs']:.3g}); please report this"
+        )
+    return check
+
+
+def _manifest(pipe, source: dict, options: ExportOptions, size, files: dict[str, Path]) -> dict:
     config = pipe.vae.config
     return {
         "format": FORMAT,
@@ -220,7 +264,7 @@ def _manifest(pipe, model, options, size, sources, files, directory: Path) -> di
             "weights": options.weights,
             "opset": _opset(),
         },
-        "source": {"model": str(model), "sha256": sources},
+        "source": source,
         "sizes": {
             "image_size": pipe.image_size,
             "pixel_multiple": pipe.pixel_multiple,

@@ -88,11 +88,15 @@ def resampling_matrix(length, side: int, antialias) -> torch.Tensor:
     traced size."""
     scale = side / torch.as_tensor(length, dtype=torch.float32)
     position = (torch.arange(length, dtype=torch.float32)[:, None] + 0.5) * scale - 0.5
-    # samples −2 … side + 1: the plain filter's 4 taps never reach further
+    # samples −2 … side + 1: the plain filter's 4 taps never reach further; those beyond the
+    # edges read the edge samples
     offsets = torch.arange(-2, side + 2, dtype=torch.float32)[None, :] - position
-    edge = torch.arange(-2, side + 2).clamp(0, side - 1)[:, None]
-    fold = (edge == torch.arange(side)[None, :]).to(torch.float32)  # (side + 4, side)
-    plain = torch.matmul(_cubic(offsets, CUBIC_A), fold)
+    taps = _cubic(offsets, CUBIC_A)
+    if side == 1:
+        plain = taps.sum(dim=1, keepdim=True)
+    else:
+        first, last = taps[:, :3].sum(dim=1, keepdim=True), taps[:, -3:].sum(dim=1, keepdim=True)
+        plain = torch.cat([first, taps[:, 3:-3], last], dim=1)
     smooth = _cubic(offsets[:, 2:-2] / scale.clamp(min=1.0), CUBIC_A_ANTIALIAS)
     smooth = smooth / smooth.sum(dim=1, keepdim=True)
     return torch.where(antialias, smooth, plain)
