@@ -20,7 +20,7 @@ from skimage import data
 import moebius
 from moebius.cli import main
 from moebius.errors import CheckpointError, InputError
-from moebius.export.exporter import ExportOptions, export_pipeline
+from moebius.export.exporter import ExportOptions, export_loaded, load_for_export
 from moebius.export.manifest import MANIFEST_FILE, read_manifest
 from moebius.export.runtime import ExportedInpaintPipeline
 from moebius.nn import InteractiveLambda, LocalLambda
@@ -84,20 +84,24 @@ def tiny_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def _export(tiny_dir: Path, tmp_path_factory, fmt: str) -> Path:
-    out = tmp_path_factory.mktemp(fmt) / "export"
-    export_pipeline(str(tiny_dir), out, ExportOptions(fmt), threads=1, log=lambda _: None)
-    return out
+@pytest.fixture(scope="module")
+def exports(tiny_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny pipeline exported as ONNX and as OpenVINO IR (one trace)."""
+    root = tmp_path_factory.mktemp("exports")
+    pipe, source = load_for_export(str(tiny_dir))
+    targets = {root / fmt: ExportOptions(fmt) for fmt in ("onnx", "openvino")}
+    export_loaded(pipe, targets, source, threads=1, log=lambda _: None)
+    return {fmt: root / fmt for fmt in ("onnx", "openvino")}
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tiny_dir, tmp_path_factory) -> Path:
-    return _export(tiny_dir, tmp_path_factory, "onnx")
+def onnx_dir(exports) -> Path:
+    return exports["onnx"]
 
 
 @pytest.fixture(scope="module")
-def openvino_dir(tiny_dir, tmp_path_factory) -> Path:
-    return _export(tiny_dir, tmp_path_factory, "openvino")
+def openvino_dir(exports) -> Path:
+    return exports["openvino"]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +142,9 @@ def test_manifest(onnx_dir, openvino_dir, tiny_dir):
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("size", [(8, 8), (12, 8), (4, 4)])  # latent sides: trained, wider, smaller
+# latent sides: wider than trained (tables interpolated), smaller (antialiased); the trained size
+# is checked by every export itself
+@pytest.mark.parametrize("size", [(12, 8), (4, 4)])
 def test_step_matches_pytorch(exported, torch_pipe, size):
     torch.manual_seed(0)
     sample = torch.randn(3, 9, *size) * 2
@@ -218,10 +224,9 @@ for directory in ("{onnx}", "{openvino}"):
     pipe = MoebiusInpaintPipeline.from_exported(directory, threads=1)
     pipe.set_progress_bar_config(disable=True)
     assert pipe(photo, mask, num_inference_steps=2).images[0].size == (96, 64)
-for backend in ("onnxruntime", "openvino"):
-    argv = ["inpaint", "{tmp}/photo.png", "{tmp}/mask.png", "-o", "{tmp}/" + backend + ".png",
-            "--backend", backend, "--model", "{onnx}", "--steps", "2", "-q", "--threads", "1"]
-    assert main(argv) == 0
+argv = ["inpaint", "{tmp}/photo.png", "{tmp}/mask.png", "-o", "{tmp}/out.png",
+        "--backend", "onnxruntime", "--model", "{onnx}", "--steps", "2", "-q", "--threads", "1"]
+assert main(argv) == 0
 print(sys.modules["torch"] is None)
 """
 
@@ -244,7 +249,7 @@ def test_runtime_runs_without_pytorch(onnx_dir, openvino_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "True"
-    assert (tmp_path / "onnxruntime.png").is_file() and (tmp_path / "openvino.png").is_file()
+    assert (tmp_path / "out.png").is_file()
 
 
 # ------------------------------------------------------------------ bad directories
@@ -342,3 +347,21 @@ def test_set_export_switches_every_lambda_layer():
     assert flags and all(flags)
     set_export(model, False)
     assert not any(m.export for m in model.modules() if hasattr(m, "export"))
+
+
+def test_quality_report_command(tiny_dir, tmp_path, capsys):
+    from moebius.export.quality import main as quality
+
+    out = tmp_path / "quality"
+    argv = ["--model", str(tiny_dir), "--out", str(out), "--steps", "2", "--threads", "1"]
+    assert quality([*argv, "--backends", "onnxruntime"]) == 0
+    report = json.loads((out / "quality.json").read_text())
+    rows = {row["label"]: row for row in report["rows"]}
+    assert set(rows) == {"reference", "torch bfloat16", "onnxruntime float32"} | {
+        "onnxruntime float32, int8 weights",
+        "onnxruntime float32, int8 dynamic",
+    }
+    assert rows["onnxruntime float32"]["psnr_db"] > 40  # float32 graphs: rounding only
+    assert rows["onnxruntime float32"]["latent_mean_abs"] < 1e-3
+    assert report["size"] == [64, 64] and report["source"]["sha256"]
+    assert "| onnxruntime float32 |" in (out / "quality.md").read_text()

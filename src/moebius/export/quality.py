@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="square side in pixels (default: the model's)")
     parser.add_argument("--steps", type=int, default=InpaintSettings().steps)
     parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--backends", default="onnxruntime,openvino", help="exported runtimes to compare"
+    )
     args = parser.parse_args(argv)
 
     import copy
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from moebius.bench.edge import VARIANTS, export_variants
+    from moebius.bench.edge import edge_variants, export_variants
     from moebius.files import write_json, write_text
     from moebius.pipeline import MoebiusInpaintPipeline
 
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     low = MoebiusInpaintPipeline(copy.deepcopy(reference.model), copy.deepcopy(reference.vae))
     candidates = {"torch bfloat16": low.to(dtype=torch.bfloat16)}
     with tempfile.TemporaryDirectory(prefix="moebius-quality-") as workdir:
-        runtimes = export_variants(reference, list(VARIANTS), Path(workdir), args.threads, _log)
+        variants = edge_variants(args.backends.split(","), ["float32", "bfloat16"])
+        runtimes = export_variants(reference, variants, Path(workdir), args.threads, _log)
         candidates.update({variant.label: runtime for variant, runtime in runtimes.items()})
         report = trajectory_quality(reference, candidates, size, args.steps)
     report.update(schema=SCHEMA, model=source["model"], source=source)
