@@ -422,19 +422,14 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         return cls(model, vae, schedule).to(device, dtype)
 
     @classmethod
-    def from_exported(
-        cls,
-        directory: str | os.PathLike,
-        backend: str | None = None,
-        threads: int | None = None,
-        dtype: str = "float32",
-    ) -> InpaintPipeline:
-        """A directory written by ``moebius export``, run by ONNX Runtime or OpenVINO (``backend``;
-        default: the one its format is made for) with NumPy, without PyTorch: an
-        :class:`~moebius.export.runtime.ExportedInpaintPipeline`, called like this class."""
+    def from_exported(cls, directory: str | os.PathLike, **options) -> InpaintPipeline:
+        """A directory written by ``moebius export``, run by ONNX Runtime or OpenVINO with NumPy,
+        without PyTorch: an :class:`~moebius.export.runtime.ExportedInpaintPipeline`, called like
+        this class (``options``: ``backend``, ``threads``, ``dtype``; see
+        :meth:`ExportedInpaintPipeline.from_exported`)."""
         from moebius.export.runtime import ExportedInpaintPipeline
 
-        return ExportedInpaintPipeline.from_exported(directory, backend, threads, dtype)
+        return ExportedInpaintPipeline.from_exported(directory, **options)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``model/`` (moebius format), ``vae/`` (diffusers) and ``scheduler/`` (a diffusers

@@ -22,6 +22,7 @@ from moebius.bench.measure import (
     summarize,
 )
 from moebius.bench.subjects import Subject, build_subjects
+from moebius.models.registry import SDXL_VAE_CONFIG
 from moebius.runtime import autocast, synchronize
 from moebius.settings import InpaintSettings
 
@@ -30,7 +31,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 TIMESTEP = 500
 OPTIONAL_MODELS = ("pixelhacker",)  # skipped with a note when their preset does not build
 PROFILED = ("DWResBlock", "LocalLambda", "InteractiveLambda", "MixFFN", "Downsample", "Upsample")
-SDXL_VAE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sdxl_vae_config.json"
 
 
 @dataclass

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         default="moebius-demo",
         help="what to export: a folder written by save_pretrained, a folder in the authors' "
-        "layout, a Hub repo id, or moebius-demo (default: %(default)s)",
+        "layout, a Hub repo id, moebius-demo, or random:moebius-0.2b (random weights with the "
+        "SDXL VAE config, for timings) (default: %(default)s)",
     )
     parser.add_argument("--variant", default="ft_places2", help="weights variant (Hub/authors)")
     parser.add_argument("--model-config", help="model preset when it cannot be guessed")

@@ -12,10 +12,12 @@ or float16 storage, float or 8-bit weights.
   quantised per output channel ahead of time and the activations per tensor at run time
   (``DynamicQuantizeLinear`` + ``MatMulInteger``); convolutions stay float.
 
-Only the network's weights are compressed: the constant operands of the λ layers' export forms
-(Interactive-λ's position tables, Local-λ's banded kernel bank) stay float32.
+Interactive-λ's position tables are learned too, but they are resampled in the graph by
+products with size-dependent matrices, and those products stay float32.
 """
 
+import contextlib
+import logging
 import shutil
 from pathlib import Path
 
@@ -58,9 +60,10 @@ def simplify(source: Path, target: Path) -> None:
 
 
 def float_products(source: Path) -> list[str]:
-    """Names of the matrix products with a constant operand that are not weight products: the
-    position-table resampling (its left operand is the bicubic weight matrix, picked by a
-    ``Where``) and anything whose constant is not a 2-D matrix (the banded kernel bank)."""
+    """Names of the matrix products with a constant operand that are not layers' weight
+    products: the position-table resampling (its left operand is the bicubic weight matrix,
+    picked by a ``Where``; compressed, it also breaks OpenVINO's static-shape compilation) and
+    anything whose constant is not a 2-D matrix."""
     import onnx
 
     model = onnx.load(str(source), load_external_data=False)
@@ -71,19 +74,37 @@ def float_products(source: Path) -> list[str]:
         if node.op_type != "MatMul" or node.input[1] not in constants:
             continue
         left = producers.get(node.input[0])
-        if (left is not None and left.op_type == "Where") or len(
-            constants[node.input[1]].dims
-        ) != 2:
+        resampling = left is not None and left.op_type == "Where"
+        if resampling or len(constants[node.input[1]].dims) != 2:
             keep.append(node.name)
     return keep
 
 
-def _onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
-    import onnx
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantisers log every node at INFO on the root logger, and one of them
+    calls ``logging.basicConfig`` when imported: the root logger is put back as it was."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
+
+def _onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
     if dtype == "float32" and weights == "float":
         shutil.copyfile(source, target)
         return
+    with _quiet_root_logger():
+        _convert_onnx(source, target, dtype, weights)
+
+
+def _convert_onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
+    import onnx
+
     model = onnx.load(str(source))
     if dtype == "float16":
         from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -11,6 +11,7 @@ place at the end, so a directory that exists is complete.
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ FORMAT_WEIGHTS = {"onnx": ("float", "int8", "int8-dynamic"), "openvino": ("float
 # A float32 export must match PyTorch to float32 rounding: the largest |Δ| of one noise
 # prediction at the working size, relative to the largest |ε|.
 FLOAT32_TOLERANCE = 1e-4
+RANDOM = "random:"  # load_for_export: an architecture with random weights
 PACKAGES = ("moebius", "torch", "numpy", "diffusers", "onnx", "onnxruntime", "openvino", "nncf")
 
 
@@ -139,11 +141,15 @@ def check_against_torch(pipe, directory: Path, size: tuple[int, int], threads) -
 
 
 def load_for_export(model: str, variant: str | None = None, model_config: str | None = None):
-    """``model`` (anything :meth:`MoebiusInpaintPipeline.from_pretrained` loads) with its
-    BatchNorms folded, and the SHA-256 of the files it was loaded from (relative names)."""
+    """``model`` (anything :meth:`MoebiusInpaintPipeline.from_pretrained` loads, or
+    ``random:PRESET``: that architecture with random weights and the SDXL VAE config, for
+    timings) with its BatchNorms folded, and a record of its source: the SHA-256 of the files it
+    was loaded from, by relative name."""
     from moebius.pipeline import MoebiusInpaintPipeline
     from moebius.weights import DEFAULT_VARIANT, locate
 
+    if model.startswith(RANDOM):
+        return _random_pipeline(model[len(RANDOM) :]), {"model": model, "sha256": {}}
     variant = variant or DEFAULT_VARIANT
     where = locate(model, variant, model_config)
     pipe = MoebiusInpaintPipeline.from_pretrained(
@@ -151,10 +157,22 @@ def load_for_export(model: str, variant: str | None = None, model_config: str | 
     )
     files = source_files(where)
     root = Path(os.path.commonpath([str(f.parent) for f in files]))
-    return pipe, {
-        "model": str(model),
-        "sha256": {str(f.relative_to(root)): _sha256(f) for f in files},
-    }
+    hashes = {str(f.relative_to(root)): _sha256(f) for f in files}
+    return pipe, {"model": str(model), "sha256": hashes}
+
+
+def _random_pipeline(preset: str):
+    import torch
+    from diffusers import AutoencoderKL
+
+    import moebius
+    from moebius.models.registry import SDXL_VAE_CONFIG
+    from moebius.pipeline import MoebiusInpaintPipeline
+
+    torch.manual_seed(0)
+    model = moebius.build_model(preset).eval().fuse()
+    vae = AutoencoderKL.from_config(json.loads(SDXL_VAE_CONFIG.read_text())).eval()
+    return MoebiusInpaintPipeline(model, vae)
 
 
 def export_pipeline(

@@ -8,7 +8,6 @@ after every step, the decoded images by PSNR against the reference's.
 """
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -136,27 +135,6 @@ def markdown(report: dict, title: str) -> str:
 
 
 # ---------------------------------------------------------------------- the command
-def _reference(model: str):
-    """A fused float32 PyTorch pipeline and the source record: a preset name builds the model
-    with random weights and the real SDXL VAE config with random weights; anything else loads
-    as ``moebius export`` does."""
-    from moebius.export.exporter import load_for_export
-
-    if model in ("moebius-0.2b",):
-        import torch
-        from diffusers import AutoencoderKL
-
-        import moebius
-        from moebius.bench.runner import SDXL_VAE_CONFIG
-        from moebius.pipeline import MoebiusInpaintPipeline
-
-        torch.manual_seed(0)
-        vae = AutoencoderKL.from_config(json.loads(SDXL_VAE_CONFIG.read_text())).eval()
-        pipe = MoebiusInpaintPipeline(moebius.build_model(model).eval().fuse(), vae)
-        return pipe, {"model": f"{model} (random weights, SDXL VAE config)", "sha256": {}}
-    return load_for_export(model)
-
-
 def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -169,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         "Writes quality.json and quality.md to --out.",
     )
     parser.add_argument(
-        "--model", default="moebius-demo", help="moebius-0.2b (random weights) or any model dir"
+        "--model",
+        default="moebius-demo",
+        help="any model moebius export takes; random:moebius-0.2b = random weights with the "
+        "SDXL VAE config",
     )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--size", type=int, help="square side in pixels (default: the model's)")
@@ -186,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from moebius.bench.edge import edge_variants, export_variants
+    from moebius.export.exporter import load_for_export
     from moebius.files import write_json, write_text
     from moebius.pipeline import MoebiusInpaintPipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    reference, source = _reference(args.model)
+    reference, source = load_for_export(args.model)
     reference.set_progress_bar_config(disable=True)
     size = (args.size or reference.image_size,) * 2
     low = MoebiusInpaintPipeline(copy.deepcopy(reference.model), copy.deepcopy(reference.vae))

@@ -8,11 +8,11 @@ traced size). Here:
 
 * Local-λ's positional term, Σ_Δ (Σ_i Q_i E_i(Δ)) V(n + Δ), runs on tiles of ``TILE``
   neighbouring positions of an image row. A tile needs one (r, TILE + r − 1) block of values
-  per image, and the queries' weights on that block form a banded matrix that one matrix product
-  of the queries with a constant banded copy of the kernel bank gives directly. So the whole
-  term is two batched matrix products and two gathers of the padded values, ~41× the
-  values' size at ``TILE`` 8 (a full im2col would be r² = 225×), for (TILE + r − 1)/r ≈ 1.5×
-  the multiply-adds of the query-first product.
+  per image, and the queries' weights on that block form a banded matrix that matrix products
+  of the queries with banded copies of the kernel bank (one per tile position) give directly.
+  So the whole term is matrix products and two gathers of the padded values, ~41× the values'
+  size at ``TILE`` 8 (a full im2col would be r² = 225×), for (TILE + r − 1)/r ≈ 1.5× the
+  multiply-adds of the query-first product.
 * Interactive-λ's table is resampled in the graph by two matrix products with the bicubic
   weight matrices of PyTorch's ``interpolate`` (antialiased when shrinking), computed from the
   map size with elementwise operators; at the table's own size these matrices are the identity,
@@ -56,8 +56,12 @@ def local_positional(
     # so the graph holds no size-dependent pads.
     # (B, tiles, H, tile, heads, k) @ (tile, k, r·span): the banded weights of every query
     q = F.pad(q.reshape(b, height, width, heads * k), (0, 0, 0, tile - 1))[:, :, : tiles * tile]
-    q = q.reshape(b, height, tiles, tile, heads, k).transpose(1, 2)
-    band = torch.matmul(q, banded_kernels(kernel, tile).to(q.dtype))
+    q = q.reshape(b, height, tiles, tile * heads * k).transpose(1, 2)
+    q = q.reshape(b * tiles * height, tile, heads, k)
+    # One product per tile position, each with its own 2-D weight: runtimes run these as
+    # fully-connected layers (OpenVINO runs a product with a 3-D constant in float32 only).
+    kernels = banded_kernels(kernel, tile).to(q.dtype)
+    band = torch.stack([torch.matmul(q[:, t], kernels[t]) for t in range(tile)], dim=1)
     band = band.reshape(b * tiles * height, tile * heads, r * span)
     # Each tile's r×span block of values: columns t·tile + c of every padded row, then rows
     # y + dy, both as one Gather with an index grid.
