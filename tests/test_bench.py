@@ -166,4 +166,7 @@ def test_bench_times_exported_runtimes_side_by_side(tmp_path, tiny_config_path):
     assert set(quality) == {"reference"} | edge
     assert quality["onnxruntime float32"]["psnr_db"] > 40
     assert len(quality["onnxruntime float32"]["latent_mean_abs_by_step"]) == 2
-    assert "## Exported runtimes: quality" in (out / "bench.md").read_text()
+    assert {t["variant"] for t in report["edge_timings"]} == edge
+    assert all(t["export_s"] > 0 and t["load_s"] > 0 for t in report["edge_timings"])
+    text = (out / "bench.md").read_text()
+    assert "## Exported runtimes: quality" in text and "## Exported runtimes: export" in text

@@ -2,6 +2,7 @@
 scheme (:mod:`moebius.export`) into a temporary directory, and every (runtime, weights, compute
 precision) becomes a subject timed side by side with the PyTorch ones."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,26 @@ VARIANTS = (
 )
 
 
-def edge_variants(backends: list[str], precisions: list[str]) -> list[EdgeVariant]:
-    """The variants of ``backends`` whose compute precision is among ``precisions``."""
-    return [v for v in VARIANTS if v.backend in backends and v.precision in precisions]
+def edge_variants(
+    backends: list[str], precisions: list[str], weights: list[str] | None = None
+) -> list[EdgeVariant]:
+    """The variants of ``backends`` whose compute precision is among ``precisions`` (and
+    weight scheme among ``weights``, default any)."""
+    return [
+        v
+        for v in VARIANTS
+        if v.backend in backends
+        and v.precision in precisions
+        and (weights is None or v.weights in weights)
+    ]
+
+
+@dataclass
+class LoadedVariant:
+    runtime: object  # ExportedInpaintPipeline
+    export_s: float  # tracing (shared by the variants of one call) + conversion + check
+    load_s: float  # ExportedInpaintPipeline.from_exported
+    first_step_s: float  # the first batch-2 step at the trained size (OpenVINO compiles it)
 
 
 def export_variants(
@@ -50,9 +68,11 @@ def export_variants(
     workdir: Path,
     threads: int | None,
     log: Callable[[str], None],
-) -> dict[EdgeVariant, object]:
+) -> dict[EdgeVariant, LoadedVariant]:
     """A fused PyTorch pipeline exported once per format and weight scheme under ``workdir``
-    (traced once), each variant loaded by its runtime: variant → ExportedInpaintPipeline."""
+    (traced once), each variant loaded by its runtime and run once."""
+    import numpy as np
+
     from moebius.export.exporter import ExportOptions, export_loaded
     from moebius.export.runtime import ExportedInpaintPipeline
 
@@ -61,14 +81,26 @@ def export_variants(
 
     targets = {directory(v): ExportOptions(v.format, weights=v.weights) for v in variants}
     source = {"model": "the benchmarked weights", "sha256": {}}
-    export_loaded(pipe, targets, source, threads=threads, log=log)
+    manifests = export_loaded(pipe, targets, source, threads=threads, log=log)
+    export_s = {
+        path: sum(m["timings"].values()) for path, m in zip(targets, manifests, strict=True)
+    }
+    side = pipe.image_size // pipe.vae_scale_factor
+    sample = np.random.default_rng(0).standard_normal((2, 9, side, side), dtype=np.float32)
+    feeds = {"sample": sample, "timestep": np.array([500]), "category": np.array([1, 0])}
     loaded = {}
     for variant in variants:
+        clock = time.perf_counter()
         runtime = ExportedInpaintPipeline.from_exported(
             directory(variant), variant.backend, threads=threads, dtype=variant.precision
         )
+        load_s = time.perf_counter() - clock
         runtime.set_progress_bar_config(disable=True)
-        loaded[variant] = runtime
+        clock = time.perf_counter()
+        runtime.engine.run("denoiser", feeds)
+        first = time.perf_counter() - clock
+        loaded[variant] = LoadedVariant(runtime, export_s[directory(variant)], load_s, first)
+        log(f"loaded {variant.label} in {load_s:.1f} s, first step {first:.1f} s")
     return loaded
 
 
@@ -79,22 +111,33 @@ def edge_subjects(
     workdir: Path,
     threads: int | None,
     log: Callable[[str], None],
-) -> list[Subject]:
-    """``student`` (a fused PyTorch subject) with ``vae``, exported and loaded per variant."""
+) -> tuple[list[Subject], list[dict]]:
+    """``student`` (a fused PyTorch subject) with ``vae``, exported and loaded per variant; and
+    per variant the seconds its export, load and first step took."""
     from moebius.pipeline import MoebiusInpaintPipeline
 
     pipe = MoebiusInpaintPipeline(student.model(), vae)
-    runtimes = export_variants(pipe, variants, workdir, threads, log)
-    return [
+    loaded = export_variants(pipe, variants, workdir, threads, log)
+    subjects = [
         Subject(
             student.name,
             variant.label,
             None,
             student.params,
             "edge",
-            runtime=runtime,
+            runtime=item.runtime,
             precision=variant.precision,
             exports=student,
         )
-        for variant, runtime in runtimes.items()
+        for variant, item in loaded.items()
     ]
+    timings = [
+        {
+            "variant": variant.label,
+            "export_s": item.export_s,
+            "load_s": item.load_s,
+            "first_step_s": item.first_step_s,
+        }
+        for variant, item in loaded.items()
+    ]
+    return subjects, timings

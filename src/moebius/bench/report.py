@@ -214,6 +214,23 @@ def markdown(report: dict) -> str:
                 f"| {r['plain_ms']:.1f} | {r['default_ms']:.1f} | {r['ratio']:.2f} "
                 f"| {r['plain_flops'] / 1e9:.2f} | {r['default_flops'] / 1e9:.2f} |"
             )
+    if report.get("edge_timings"):
+        lines += [
+            "",
+            "## Exported runtimes: export and load",
+            "",
+            "Export: tracing (once for all variants) + conversion + the check against PyTorch; "
+            "load: reading the graphs; first step: batch 2 at the trained size (OpenVINO "
+            "compiles the graph for it).",
+            "",
+            "| variant | export s | load s | first step s |",
+            "|---|---|---|---|",
+        ]
+        for r in report["edge_timings"]:
+            lines.append(
+                f"| {r['variant']} | {r['export_s']:.1f} | {r['load_s']:.1f} "
+                f"| {r['first_step_s']:.1f} |"
+            )
     if report.get("edge_quality"):
         from moebius.export.quality import markdown as quality_markdown
 

@@ -77,6 +77,7 @@ class Benchmark:
         self.notes: list[str] = []
         self._compiled: dict[tuple, Callable] = {}
         self._vae_model = None
+        self.edge_timings: list[dict] = []  # export, load and first-step seconds per variant
         self._workdir: Path | None = None  # exports of the edge subjects, for one run
 
     def _subjects(self) -> list[Subject]:
@@ -97,9 +98,10 @@ class Benchmark:
 
             variants = edge_variants(runtimes, self.settings.dtypes)
             self.log(f"exporting {students[0].label} for {', '.join(v.label for v in variants)}")
-            subjects += edge_subjects(
+            edges, self.edge_timings = edge_subjects(
                 students[0], self._vae(), variants, self._workdir, self.settings.threads, self.log
             )
+            subjects += edges
             self.notes.append(
                 "exported runtimes: the student exported by moebius export (float32 graphs, "
                 "8-bit schemes derived from them); each pipeline row is timed after a 1-step "
@@ -516,6 +518,7 @@ class Benchmark:
                     self.log(f"{low[0]} error of {subject.label} at {size}")
                     report["accuracy"].append(self.accuracy(subject, size, low[0]))
         report["edge_quality"] = self.edge_quality(subjects) if s.pipeline_sizes else None
+        report["edge_timings"] = self.edge_timings
         report["notes"] = self.notes
         return report
 

@@ -194,9 +194,13 @@ def export_pipeline(
         raise InputError(f"{out} exists; choose another directory or pass --overwrite")
     started = time.perf_counter()
     pipe, source = load_for_export(model, variant, model_config)
-    log(f"loaded {model} in {time.perf_counter() - started:.1f} s")
+    load_s = time.perf_counter() - started
+    log(f"loaded {model} in {load_s:.1f} s")
     (manifest,) = export_loaded(pipe, {out: options}, source, threads=threads, log=log)
-    log(f"exported {model} to {out} in {time.perf_counter() - started:.1f} s")
+    total_s = time.perf_counter() - started
+    manifest["timings"].update(load_s=load_s, total_s=total_s)
+    write_json(out / MANIFEST_FILE, manifest)  # the same size check: graphs are unchanged
+    log(f"exported {model} to {out} in {total_s:.1f} s")
     return manifest
 
 
@@ -230,20 +234,30 @@ def export_loaded(
     try:
         traced = work / "traced"
         traced.mkdir()
+        started = time.perf_counter()
         for spec in graph_specs(pipe.model, pipe.vae, pipe.pixel_multiple):
             clock = time.perf_counter()
             to_onnx(spec, traced / f"{spec.name}.onnx")
             log(f"traced {spec.name} in {time.perf_counter() - clock:.1f} s")
+        trace_s = time.perf_counter() - started
         for index, (out, options) in enumerate(targets.items()):
             final = work / f"export-{index}"
             final.mkdir()
             clock = time.perf_counter()
             files = derive(traced, final, options.format, options.dtype, options.weights)
-            log(f"wrote {options.describe()} graphs in {time.perf_counter() - clock:.1f} s")
+            convert_s = time.perf_counter() - clock
+            log(f"wrote {options.describe()} graphs in {convert_s:.1f} s")
             size = options.size or (pipe.image_size, pipe.image_size)
             manifest = _manifest(pipe, source, options, size, files)
             write_json(final / MANIFEST_FILE, manifest)
+            clock = time.perf_counter()
             manifest["check"] = _check(pipe, final, options, size, threads, log)
+            # seconds: tracing is shared by all targets of one call
+            manifest["timings"] = {
+                "trace_s": trace_s,
+                "convert_s": convert_s,
+                "check_s": time.perf_counter() - clock,
+            }
             write_json(final / MANIFEST_FILE, manifest)
             out = Path(out).expanduser()
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backends", default="onnxruntime,openvino", help="exported runtimes to compare"
     )
+    parser.add_argument(
+        "--weights",
+        default="float,int8,int8-dynamic",
+        help="weight schemes to compare (moebius export --weights)",
+    )
     args = parser.parse_args(argv)
 
     import copy
@@ -179,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     low = MoebiusInpaintPipeline(copy.deepcopy(reference.model), copy.deepcopy(reference.vae))
     candidates = {"torch bfloat16": low.to(dtype=torch.bfloat16)}
     with tempfile.TemporaryDirectory(prefix="moebius-quality-") as workdir:
-        variants = edge_variants(args.backends.split(","), ["float32", "bfloat16"])
+        variants = edge_variants(
+            args.backends.split(","), ["float32", "bfloat16"], args.weights.split(",")
+        )
         runtimes = export_variants(reference, variants, Path(workdir), args.threads, _log)
-        candidates.update({variant.label: runtime for variant, runtime in runtimes.items()})
+        candidates.update({variant.label: item.runtime for variant, item in runtimes.items()})
         report = trajectory_quality(reference, candidates, size, args.steps)
     report.update(schema=SCHEMA, model=source["model"], source=source)
     write_json(args.out / "quality.json", report)
