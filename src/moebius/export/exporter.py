@@ -113,9 +113,6 @@ def check_against_torch(pipe, directory: Path, size: tuple[int, int], threads) -
     from moebius.export.manifest import CATEGORIES
     from moebius.export.runtime import ExportedInpaintPipeline
     from moebius.models import category_ids
-    from moebius.nn.fusion import set_export
-
-    set_export(pipe.model, False)  # the reference is the eager fast path
 
     width, height = size
     factor = pipe.vae_scale_factor
@@ -316,24 +313,30 @@ def _manifest(pipe, source: dict, options: ExportOptions, size, files: dict[str,
             }
             for graph in GRAPHS
         },
-        "inputs": {
-            "denoiser": {
-                "sample": "(B, 9, h, w) float32: latents, latent mask (1 = hole), masked-image "
-                "latents, each × the VAE scaling factor",
-                "timestep": "(1,) or (B,) int64, 0 … num_train_timesteps − 1",
-                "category": "(B,) int64: 0 background (fill with scene), 1 foreground (object)",
-                "noise": "(B, 4, h, w) float32: the predicted noise ε",
-            },
-            "vae_encoder": {
-                "pixels": "(B, 3, H, W) float32 in [-1, 1]",
-                "mean, std": "the posterior's, unscaled: sample = (mean + std·N(0, 1)) × scaling",
-            },
-            "vae_decoder": {
-                "latents": "(B, 4, h, w) float32, unscaled (÷ scaling factor)",
-                "pixels": "(B, 3, H, W) float32, about [-1, 1]",
-            },
-        },
+        "inputs": _graph_io(config.latent_channels, pipe.model.config.in_channels),
         "versions": _versions(),
+    }
+
+
+def _graph_io(latent: int, channels: int) -> dict:
+    """What each graph takes and gives, for people who drive the graphs themselves."""
+    return {
+        "denoiser": {
+            "sample": f"(B, {channels}, h, w) float32: the noisy latents ({latent} channels), the "
+            f"latent mask (1 channel, 1 = hole) and the masked image's latents ({latent}), the "
+            "latents scaled by the VAE scaling factor",
+            "timestep": "(1,) or (B,) int64, 0 … num_train_timesteps − 1",
+            "category": "(B,) int64: 0 background (fill with scene), 1 foreground (an object)",
+            "noise": f"(B, {latent}, h, w) float32: the predicted noise",
+        },
+        "vae_encoder": {
+            "pixels": "(B, 3, H, W) float32 in [-1, 1]",
+            "mean, std": "the posterior's, unscaled: sample = (mean + std·N(0, 1)) × scaling",
+        },
+        "vae_decoder": {
+            "latents": f"(B, {latent}, h, w) float32, unscaled (÷ the scaling factor)",
+            "pixels": "(B, 3, H, W) float32, about [-1, 1]",
+        },
     }
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moebius.export.manifest import CATEGORIES
 from moebius.nn.fusion import set_export
-from moebius.settings import Category
 
 OPSET = 18
-CATEGORIES = (Category.BACKGROUND, Category.FOREGROUND)  # graph category id → category
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Denoiser(nn.Module):
         super().__init__()
         if not getattr(model, "fused", False):
             raise ValueError("fold the BatchNorms first: model.eval().fuse()")
-        self.unet = set_export(model.diff_model, True)
+        self.unet = model.diff_model
         ids = torch.tensor([c.token_ids for c in CATEGORIES])
         with torch.no_grad():
             self.register_buffer("contexts", model.embedding_layer(ids).detach().clone())
@@ -120,11 +119,13 @@ def graph_specs(model: nn.Module, vae: nn.Module, pixel_multiple: int) -> list[G
 
 
 def to_onnx(spec: GraphSpec, path: Path) -> None:
-    """Trace ``spec`` into an ONNX file (TorchScript tracing: several times faster than the
-    torch.export route for this network, and it keeps the sizes dynamic)."""
+    """Trace ``spec`` into an ONNX file, its modules in their export forms for the time
+    (TorchScript tracing: several times faster than the torch.export route for this network,
+    and it keeps the sizes dynamic)."""
     threads = torch.get_num_threads()
     # Tracing runs the network once on a tiny input: more threads only add hand-offs.
     torch.set_num_threads(1)
+    set_export(spec.module, True)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # the tracer's advice on Python values and the legacy exporter's deprecation notice
@@ -141,4 +142,5 @@ def to_onnx(spec: GraphSpec, path: Path) -> None:
                 dynamo=False,
             )
     finally:
+        set_export(spec.module, False)
         torch.set_num_threads(threads)
