@@ -23,9 +23,9 @@ from moebius.errors import CheckpointError, InputError
 from moebius.export.exporter import ExportOptions, export_loaded, load_for_export
 from moebius.export.manifest import MANIFEST_FILE, read_manifest
 from moebius.export.runtime import ExportedInpaintPipeline
-from moebius.nn import InteractiveLambda, LocalLambda
+from moebius.nn import InteractiveLambda, LocalLambda, Upsample
+from moebius.nn.export_forms import position_table
 from moebius.nn.fusion import set_export
-from moebius.nn.lambda_export import position_table
 from moebius.nn.lambda_layers import resample_position_table
 from moebius.pipeline import MoebiusInpaintPipeline
 from moebius.settings import InpaintSettings
@@ -74,6 +74,19 @@ def test_interactive_lambda_export_form_matches_fast_path():
             expected = layer.forward_tokens(x, context, size)
             got = exported.forward_tokens(x, context, size)
         assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("channels,height,width", [(8, 5, 7), (16, 4, 4), (3, 1, 6)])
+def test_upsample_export_form_matches_upsample_then_conv(channels, height, width):
+    torch.manual_seed(0)
+    layer = Upsample(channels)
+    x = torch.randn(2, channels, height, width)
+    with torch.inference_mode():
+        expected = layer(x)
+        layer.export = True
+        got = layer(x, size=(2 * height, 2 * width))
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 # ------------------------------------------------------------------ the exports

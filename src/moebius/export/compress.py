@@ -82,11 +82,12 @@ def float_products(source: Path) -> list[str]:
 
 @contextlib.contextmanager
 def _quiet_root_logger():
-    """ONNX Runtime's quantisers log every node at INFO on the root logger, and one of them
-    calls ``logging.basicConfig`` when imported: the root logger is put back as it was."""
+    """ONNX Runtime's quantisers log every node at INFO on the root logger (and advise
+    pre-processing at WARNING), and one of them calls ``logging.basicConfig`` when imported: the
+    root logger is put back as it was."""
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
-    root.setLevel(logging.WARNING)
+    root.setLevel(logging.ERROR)
     try:
         yield
     finally:

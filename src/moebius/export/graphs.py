@@ -1,7 +1,7 @@
 """The three networks of an inpainting as exportable modules, and their tracing into ONNX.
 
 * ``denoiser``: one noise prediction of the student, BatchNorm folded, λ layers in their export
-  forms (:mod:`moebius.nn.lambda_export`), the LCG tokens of both categories resolved into a
+  forms (:mod:`moebius.nn.export_forms`), the LCG tokens of both categories resolved into a
   constant table: ``sample`` (B, 9, h, w) = latents, latent mask, masked-image latents (the
   layout the model is trained on), ``timestep`` (1 or B,) int64, ``category`` (B,) int64
   (0 background, 1 foreground) → ``noise`` (B, 4, h, w).

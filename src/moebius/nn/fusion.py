@@ -6,7 +6,7 @@ and a fast one (token-major layout, fewer copies, cheaper contraction orders).
 The fast path is the default at inference; training always runs the plain path.
 ``set_plain(model, True)`` selects the plain path everywhere, e.g. to measure
 speed-ups against it or to debug. ``set_export(model, True)`` makes the fast path take the
-export forms where it has them (:mod:`moebius.nn.lambda_export`), for tracing into ONNX.
+export forms where it has them (:mod:`moebius.nn.export_forms`), for tracing into ONNX.
 """
 
 import torch

@@ -20,7 +20,7 @@ product over contiguous or simply strided memory, and contracts the queries with
 the positional weights first: with the r×r kernel bank for the local layer, with
 the position table for the interactive one (n·h·k·m + n·h·m·v instead of
 n·m·k·v + n·h·k·v multiply-adds). With ``export`` set (:func:`moebius.nn.fusion.set_export`),
-``forward_tokens`` takes the export forms of :mod:`moebius.nn.lambda_export` for the two
+``forward_tokens`` takes the export forms of :mod:`moebius.nn.export_forms` for the two
 pieces that do not trace (Local-λ's neighbourhoods, Interactive-λ's table resampling).
 """
 
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
+from moebius.nn.export_forms import local_positional, position_table
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
-from moebius.nn.lambda_export import local_positional, position_table
 from moebius.nn.onednn import linear
 
 
