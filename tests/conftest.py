@@ -37,3 +37,15 @@ def tiny_state_dict(tiny_fixture) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="session")
 def tiny_config_path() -> Path:
     return FIXTURES / "moebius_tiny_a.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """``moebius serve`` as on a fresh clone, offline: nothing in the Hugging Face cache, so it
+    serves the bundled demo model. One process for the load test and the browser test."""
+    from serving import DEMO_QUEUE, serve
+
+    tmp = tmp_path_factory.mktemp("serve")
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf-home")}
+    with serve(tmp, "--queue-size", str(DEMO_QUEUE), env=offline) as running:
+        yield running

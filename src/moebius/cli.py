@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from moebius.errors import MoebiusError
+from moebius.errors import MoebiusError, exit_code, explain
 
 COMMANDS = [
     "moebius.commands.inpaint",
@@ -17,6 +17,7 @@ COMMANDS = [
     "moebius.commands.distill",
     "moebius.commands.cache_latents",
     "moebius.commands.reproduce",
+    "moebius.commands.serve",
 ]
 
 
@@ -37,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except MoebiusError as exc:
-        message = " ".join(str(exc).split())
-        print(f"moebius {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        print(f"moebius {args.command}: error: {explain(exc)}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"moebius {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -105,23 +105,78 @@ def add_runtime_args(parser: argparse.ArgumentParser, dtype: bool = True) -> Non
     group.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for the networks (default: PyTorch's, usually one per core)",
+        help="CPU threads for the networks (default: PyTorch's, usually one per core; under "
+        "torchrun on the CPU, the machine's cores split evenly among its ranks)",
     )
 
 
-def apply_runtime_args(args: argparse.Namespace) -> Runtime:
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or Slurm)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def rank_device(device, local_rank: int):
+    """The device of one rank of a multi-process job: ``cuda`` without an index becomes the
+    rank's own GPU, ``cuda:LOCAL_RANK`` (modulo the GPUs this process sees, so one GPU per
+    process via CUDA_VISIBLE_DEVICES works too); an explicit ``cuda:N`` is kept."""
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def apply_runtime_args(args: argparse.Namespace, world=None) -> Runtime:
     """Resolve the runtime options, set the thread count, and on the CPU keep freed memory
-    for reuse (see :func:`moebius.allocator.keep_freed_memory`)."""
+    for reuse (see :func:`moebius.allocator.keep_freed_memory`).
+
+    ``world`` (a :class:`moebius.distributed.World` of several processes): each rank takes its
+    own GPU (:func:`rank_device`), or on the CPU an equal share of the cores unless
+    ``--threads`` says otherwise (torchrun's OMP_NUM_THREADS=1 default would leave cores idle).
+
+    A ``--backend`` other than ``torch`` (an exported model, see :mod:`moebius.loading`) runs
+    on the CPU and is configured by its runtime, not PyTorch: the result then holds ``cpu``,
+    the ``--dtype`` name and the thread count, and PyTorch is not imported.
+    """
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    backend = getattr(args, "backend", "torch")
+    if backend != "torch":
+        if args.device not in ("auto", "cpu"):
+            raise InputError(f"the {backend} backend runs on the CPU, not {args.device}")
+        return Runtime(
+            device="cpu",
+            dtype=getattr(args, "dtype", "auto"),
+            threads=_cpu_share(args.threads, world),
+        )
+
     import torch
 
     from moebius.allocator import keep_freed_memory
 
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
     device = resolve_device(args.device)
+    threads = args.threads
+    if world is not None and world.size > 1:
+        device = rank_device(device, world.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if device.type == "cpu":
+        threads = _cpu_share(threads, world)
     dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
     if device.type == "cpu":
         keep_freed_memory()
-    return Runtime(device=device, dtype=dtype, threads=args.threads)
+    return Runtime(device=device, dtype=dtype, threads=threads)
+
+
+def _cpu_share(threads: int | None, world) -> int | None:
+    """``--threads``, else under a multi-process job this rank's equal share of the cores."""
+    if threads is None and world is not None and world.size > 1:
+        return max(1, available_cores() // world.local_size)
+    return threads

@@ -108,7 +108,8 @@ class InpaintSettings:
     )
     seed: int | None = _setting(
         0,
-        "random seed (the same seed gives the same image); empty = a fresh random one",
+        "random seed: the same seed gives the same image; 'random' (or empty) draws a fresh "
+        "one, which is reported",
         0,
         MAX_SEED,
     )

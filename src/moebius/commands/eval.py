@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Inpaint the images of IMAGES with the protocol's masks (resumable, batched) "
         "or read existing outputs from --predictions, then compute the metrics. Writes "
         "OUT/metrics.json, OUT/results.md (a row comparable to the paper's table), "
-        "OUT/contact_sheet.png and per-image files. Protocols: "
+        "OUT/contact_sheet.png and per-image files. Under torchrun (torchrun --nproc_per_node N "
+        "-m moebius.cli eval …) the ranks share inference and scoring, with the same scores "
+        "(docs/scaling.md). Protocols: "
         + "; ".join(f"{p.name}: {p.notes}" for p in PROTOCOLS.values()),
     )
     parser.add_argument(
@@ -98,6 +100,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moebius.distributed import session
+
+    with session() as world:
+        return _run(args, world)
+
+
+def _run(args: argparse.Namespace, world) -> int:
     from pathlib import Path
 
     from moebius.errors import InputError
@@ -110,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if settings.seed is None:
         raise InputError("--seed must be a number for an evaluation (it also draws the masks)")
-    runtime = apply_runtime_args(args)
+    runtime = apply_runtime_args(args, world)
     device = runtime.device
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else ALL_METRICS
     if args.limit is not None and args.limit < 1:
@@ -141,17 +150,21 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from moebius.pipeline import MoebiusInpaintPipeline
 
-        pipeline = MoebiusInpaintPipeline.from_pretrained(
-            args.model,
-            variant=args.variant or protocol.variant,
-            model_config=args.model_config,
-            device=device,
-            dtype=runtime.dtype,
+        pipeline = world.run_everywhere(
+            lambda: MoebiusInpaintPipeline.from_pretrained(
+                args.model,
+                variant=args.variant or protocol.variant,
+                model_config=args.model_config,
+                device=device,
+                dtype=runtime.dtype,
+            ),
+            main_first=True,  # a Hub download happens once
         )
-    result = evaluate(cfg, pipeline)
+    result = evaluate(cfg, pipeline, world)
 
-    from moebius.eval.report import markdown_table
+    if world.is_main:
+        from moebius.eval.report import markdown_table
 
-    print(markdown_table(result))
-    print(f"wrote {cfg.out_dir}/metrics.json, results.md, contact_sheet.png")
+        print(markdown_table(result))
+        print(f"wrote {cfg.out_dir}/metrics.json, results.md, contact_sheet.png")
     return 0

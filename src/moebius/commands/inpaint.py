@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from moebius.errors import InputError
-from moebius.export.backends import add_backend_args
+from moebius.loading import add_backend_args
 from moebius.runtime import add_runtime_args
 from moebius.settings import add_settings_args
 
@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--masks DIR --out DIR (pairs by file stem; a mask may also be named <stem>_mask). A "
         "batch records its settings in OUT/run.json; a rerun with the same settings skips the "
         "outputs that exist (an interrupted run resumes), other settings are refused unless "
-        "--overwrite. Masks: white = repaint, or the opaque part of a transparent PNG; "
+        "--overwrite. Under torchrun (torchrun --nproc_per_node N -m moebius.cli inpaint "
+        "--images …) the ranks share the work, with the same outputs (docs/scaling.md). "
+        "Masks: white = repaint, or the opaque part of a transparent PNG; "
         "--invert-mask for black = repaint. Exit codes: 0 ok, 2 bad input or usage, 1 internal "
         "error.",
     )
@@ -55,9 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="Hub repo id (hustvl/Moebius, hustvl/PixelHacker: downloaded when online), a folder "
         "in the authors' layout (Moebius/<variant>/ + vae/), a folder written by "
-        "MoebiusInpaintPipeline.save_pretrained, or moebius-demo (the small bundled model). "
-        "Default 'auto': the official weights (from the Hugging Face cache, or downloaded when "
-        "online), else moebius-demo",
+        "MoebiusInpaintPipeline.save_pretrained, moebius-demo (the small bundled model), or "
+        "opencv-telea / opencv-ns (OpenCV's classical fills: instant, no weights), or with "
+        "--backend onnxruntime|openvino a directory written by `moebius export`. Default "
+        "'auto': the official weights (from the Hugging Face cache, or downloaded when online), "
+        "else moebius-demo",
     )
     model.add_argument(
         "--variant",
@@ -108,18 +112,15 @@ def _check_args(args: argparse.Namespace) -> str:
 
 
 def _load_pipeline(args: argparse.Namespace, runtime):
-    from moebius.export.backends import load_pipeline
+    from moebius.loading import load_pipeline
 
-    return load_pipeline(
-        args.model,
-        args.backend,
-        variant=args.variant,
-        model_config=args.model_config,
-        device=runtime.device if runtime else args.device,
-        dtype=runtime.dtype if runtime else args.dtype,
-        threads=args.threads,
-        note=lambda line: print(f"moebius inpaint: {line}", file=sys.stderr),
+    def note(text: str) -> None:
+        print(f"moebius inpaint: note: {text}", file=sys.stderr)
+
+    _, pipe = load_pipeline(
+        args.model, args.variant, args.model_config, runtime, note, backend=args.backend
     )
+    return pipe
 
 
 def _inpaint(pipe, settings, images: list, masks: list, names: list[str]) -> list:
@@ -134,16 +135,22 @@ def _inpaint(pipe, settings, images: list, masks: list, names: list[str]) -> lis
 
 
 def run(args: argparse.Namespace) -> int:
+    from moebius.distributed import session
     from moebius.runtime import apply_runtime_args
     from moebius.settings import settings_from_args
 
     mode = _check_args(args)
     settings = settings_from_args(args)
-    # the exported backends configure their runtime themselves, without PyTorch
-    runtime = apply_runtime_args(args) if args.backend == "torch" else None
-    if mode == "single":
-        return _run_single(args, settings, runtime)
-    return _run_batch(args, settings, runtime)
+    with session() as world:
+        if mode == "single" and world.size > 1:
+            raise InputError(
+                "the single form (IMAGE MASK -o OUT) runs in one process; under torchrun give "
+                "--images DIR --masks DIR --out DIR"
+            )
+        runtime = apply_runtime_args(args, world)
+        if mode == "single":
+            return _run_single(args, settings, runtime)
+        return _run_batch(args, settings, runtime, world)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -168,10 +175,11 @@ def _run_single(args: argparse.Namespace, settings, runtime) -> int:
     start = time.perf_counter()
     pipe = _load_pipeline(args, runtime)
     pipe.set_progress_bar_config(disable=args.quiet)
-    (result,) = _inpaint(pipe, settings.with_seed(), [image], [mask], [str(args.image)])
+    settings = settings.with_seed()
+    (result,) = _inpaint(pipe, settings, [image], [mask], [str(args.image)])
     _write(result, output, fmt)
     if not args.quiet:
-        print(f"wrote {output} ({time.perf_counter() - start:.1f} s)")
+        print(f"wrote {output} (seed {settings.seed}, {time.perf_counter() - start:.1f} s)")
     return 0
 
 
@@ -247,78 +255,109 @@ def _check_run(path: Path, record: dict, overwrite: bool) -> dict:
     return record
 
 
-def _run_batch(args: argparse.Namespace, settings, runtime) -> int:
-    from tqdm.auto import tqdm
+def _target(args: argparse.Namespace, image: Path) -> Path:
+    return args.out / f"{image.stem}.{args.ext.lstrip('.').lower()}"
 
+
+def _plan(args: argparse.Namespace, settings, pairs: list) -> tuple[dict, list[range]]:
+    """Rank 0 alone, before any output is written: sweep what a killed run left, check (and
+    record) the settings, and list the chunks still to do."""
     from moebius.files import remove_stale_temporaries
-    from moebius.image_io import load_image, load_mask
-    from moebius.settings import InpaintSettings
     from moebius.work import chunks, pending
 
-    start = time.perf_counter()
-    ext = args.ext.lstrip(".").lower()
-    fmt = _save_format(Path(f"x.{ext}"))
-    pairs, missing = _pairs(args)
-    if not pairs and not missing:
-        raise InputError(f"no images found in {args.images}")
     args.out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(args.out)  # left by a run killed mid-write
     record = _check_run(args.out / RUN_FILE, _run_record(args, settings), args.overwrite)
-    settings = InpaintSettings.from_mapping(record["settings"])
-
-    def target(path: Path) -> Path:
-        return args.out / f"{path.stem}.{ext}"
-
     # fixed chunks of the sorted list: a resumed run denoises the same batches, bit for bit
     work = chunks(len(pairs), args.batch_size)
-    todo = work if args.overwrite else pending(work, lambda i: target(pairs[i][0]).exists())
-    skipped = len(pairs) - sum(len(chunk) for chunk in todo)
-    failed = [(name, "no mask with the same file stem") for name in missing]
-    written = 0
-    pipe = _load_pipeline(args, runtime) if todo else None
-    with tqdm(total=len(pairs) - skipped, unit="img", desc="inpaint", disable=args.quiet) as bar:
-        if pipe is not None:
-            pipe.set_progress_bar_config(disable=True)
-        for chunk_indices in todo:
-            chunk, images, masks = [], [], []
-            for image_path, mask_path in (pairs[i] for i in chunk_indices):
-                try:
-                    image = load_image(image_path)
-                    mask = load_mask(mask_path, invert=args.invert_mask)
-                except InputError as exc:
-                    failed.append((image_path.name, str(exc)))
-                    bar.update(1)
-                    continue
-                chunk.append(image_path)
-                images.append(image)
-                masks.append(mask)
-            if not chunk:
-                continue
-            try:
-                results = _inpaint(pipe, settings, images, masks, [p.name for p in chunk])
-            except InputError as exc:  # e.g. a size mismatch: retry one by one to isolate it
-                if len(chunk) == 1:
-                    failed.append((chunk[0].name, str(exc)))
-                    bar.update(1)
-                    continue
-                results = []
-                for image, mask, path in zip(images, masks, chunk, strict=True):
-                    try:
-                        results += _inpaint(pipe, settings, [image], [mask], [path.name])
-                    except InputError as one:
-                        failed.append((path.name, str(one)))
-                        results.append(None)
-            for path, result in zip(chunk, results, strict=True):
-                if result is not None:
-                    _write(result, target(path), fmt)
-                    written += 1
-                bar.update(1)
+    if args.overwrite:
+        return record, work
+    return record, pending(work, lambda i: _target(args, pairs[i][0]).exists())
 
-    elapsed = time.perf_counter() - start
-    print(
-        f"inpaint: {written} written, {skipped} skipped (output exists), {len(failed)} failed "
-        f"in {elapsed:.1f} s -> {args.out}"
+
+def _inpaint_chunk(
+    args: argparse.Namespace, pipe, settings, members: list[tuple[Path, Path]], fmt: str
+) -> tuple[int, list[tuple[str, str]]]:
+    """Inpaint one chunk as one batch and write its outputs; returns (written, failures) where a
+    failure is (file name, reason) for an input that cannot be used."""
+    from moebius.image_io import load_image, load_mask
+
+    chunk, images, masks, failed = [], [], [], []
+    for image_path, mask_path in members:
+        try:
+            image = load_image(image_path)
+            mask = load_mask(mask_path, invert=args.invert_mask)
+        except InputError as exc:
+            failed.append((image_path.name, str(exc)))
+            continue
+        chunk.append(image_path)
+        images.append(image)
+        masks.append(mask)
+    if not chunk:
+        return 0, failed
+    try:
+        results = _inpaint(pipe, settings, images, masks, [p.name for p in chunk])
+    except InputError as exc:  # e.g. a size mismatch: retry one by one to isolate it
+        if len(chunk) == 1:
+            return 0, [*failed, (chunk[0].name, str(exc))]
+        results = []
+        for image, mask, path in zip(images, masks, chunk, strict=True):
+            try:
+                results += _inpaint(pipe, settings, [image], [mask], [path.name])
+            except InputError as one:
+                failed.append((path.name, str(one)))
+                results.append(None)
+    written = 0
+    for path, result in zip(chunk, results, strict=True):
+        if result is not None:
+            _write(result, _target(args, path), fmt)
+            written += 1
+    return written, failed
+
+
+def _run_batch(args: argparse.Namespace, settings, runtime, world) -> int:
+    """The batch form, in one process or as one rank of a torchrun job (the same code): rank 0
+    prepares OUT, every rank inpaints its share of the chunks, rank 0 reports."""
+    from moebius.settings import InpaintSettings
+    from moebius.work import run_chunks
+
+    start = time.perf_counter()
+    fmt = _save_format(Path(f"x.{args.ext.lstrip('.').lower()}"))
+    pairs, missing = _pairs(args)
+    if not pairs and not missing:
+        raise InputError(f"no images found in {args.images}")
+    listing = "\n".join(f"{image}\t{mask}" for image, mask in pairs) + f"\n{missing}"
+    world.require_same(listing, f"files in {args.images} and {args.masks}")
+    record, todo = world.run_on_main(lambda: _plan(args, settings, pairs))
+    world.require_shared(args.out / RUN_FILE)
+    settings = InpaintSettings.from_mapping(record["settings"])
+    skipped = len(pairs) - sum(len(chunk) for chunk in todo)
+    pipe = None
+    if todo:
+        pipe = world.run_everywhere(lambda: _load_pipeline(args, runtime), main_first=True)
+        pipe.set_progress_bar_config(disable=True)
+    reports = run_chunks(
+        world,
+        todo,
+        lambda chunk: _inpaint_chunk(args, pipe, settings, [pairs[i] for i in chunk], fmt),
+        lambda chunk: ", ".join(pairs[i][0].name for i in chunk),
+        total=len(pairs),
+        done=skipped,
+        desc="inpaint",
+        quiet=args.quiet,
     )
-    for name, reason in failed:
-        print(f"  failed: {name}: {reason}", file=sys.stderr)
-    return 2 if failed else 0
+
+    def summarize() -> int:
+        written = sum(count for count, _ in reports)
+        failed = [(name, "no mask with the same file stem") for name in missing]
+        failed += [failure for _, failures in reports for failure in failures]
+        elapsed = time.perf_counter() - start
+        print(
+            f"inpaint: {written} written, {skipped} skipped (output exists), {len(failed)} "
+            f"failed in {elapsed:.1f} s -> {args.out}"
+        )
+        for name, reason in failed:
+            print(f"  failed: {name}: {reason}", file=sys.stderr)
+        return 2 if failed else 0
+
+    return world.run_on_main(summarize)

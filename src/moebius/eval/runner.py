@@ -23,14 +23,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from moebius.distributed import SINGLE, World
 from moebius.errors import InputError
 from moebius.eval.data import MaskSet, list_images, prepare_image
 from moebius.eval.protocols import ALL_METRICS, Protocol, get_protocol
 from moebius.eval.report import json_safe, write_contact_sheet, write_json, write_markdown
-from moebius.files import atomic_write
+from moebius.files import atomic_write, remove_stale_temporaries
 from moebius.image_io import IMAGE_EXTENSIONS
 from moebius.settings import InpaintSettings, Strategy, item_seed
-from moebius.work import chunks, pending
+from moebius.work import chunks, pending, run_chunks
 
 # below this many images FID is noticeably biased upwards (Chong & Forsyth 2020; Heusel et al.)
 FID_MIN_IMAGES = 2_000
@@ -82,23 +83,26 @@ def _masked_input(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def run_inference(
-    pipeline, cfg: EvalConfig, images: list[Path], masks: MaskSet, resolution: int
-) -> int:
-    """Write ``predictions/<stem>.png`` for every image; returns how many were newly made.
+    pipeline,
+    cfg: EvalConfig,
+    images: list[Path],
+    masks: MaskSet,
+    resolution: int,
+    todo: list[range],
+    world: World = SINGLE,
+) -> int | None:
+    """Write ``predictions/<stem>.png`` for the images of the chunks in ``todo`` (this rank's
+    share of them); returns on rank 0 how many were made by all ranks (None on the others).
 
     Each image's noise comes from its own seed, derived from the run's seed and the image's
     name (:func:`moebius.settings.item_seed`); batches are fixed chunks of the sorted list and a
-    chunk with any prediction missing is redone whole, so a resumed run writes exactly what an
-    uninterrupted one would."""
+    chunk with any prediction missing is redone whole, so a resumed run, or one with another
+    number of processes, writes exactly what an uninterrupted single process would."""
     out = Path(cfg.out_dir)
-    work = chunks(len(images), cfg.batch_size)
-    todo = pending(work, lambda i: _prediction_path(out, images[i]).is_file())
-    if len(todo) < len(work):
-        print(f"resuming: {len(work) - len(todo)} of {len(work)} batches already done")
     settings = replace(cfg.settings, strategy=Strategy.ORIGINAL)
     pipeline.set_progress_bar_config(disable=True)
-    made = 0
-    for chunk in tqdm(todo, desc="inpainting", unit="batch"):
+
+    def inpaint(chunk: range) -> int:
         inputs, mask_images = [], []
         for i in chunk:
             image, mask = prepare_image(images[i], resolution), masks(i)
@@ -110,8 +114,22 @@ def run_inference(
         result = pipeline(inputs, mask_images, settings=settings, generator=seeds)
         for i, prediction in zip(chunk, result.images, strict=True):
             _save_png(_prediction_path(out, images[i]), np.asarray(prediction))
-            made += 1
-    return made
+        return len(chunk)
+
+    made = run_chunks(
+        world,
+        todo,
+        inpaint,
+        lambda chunk: _names(images, chunk),
+        total=len(images),
+        done=len(images) - sum(len(chunk) for chunk in todo),
+        desc="inpainting",
+    )
+    return None if made is None else sum(made)
+
+
+def _names(images: list[Path], chunk: range) -> str:
+    return ", ".join(images[i].name for i in chunk)
 
 
 def _prediction_path(out: Path, image: Path) -> Path:
@@ -184,6 +202,77 @@ def load_extractors(cfg: EvalConfig) -> dict:
     return loaded
 
 
+@dataclass
+class _ChunkScores:
+    """What scoring one chunk yields, gathered to rank 0 in image order."""
+
+    records: list[dict]  # per image: name, hole ratio, LPIPS, PSNR, SSIM
+    real: torch.Tensor | None  # Inception features of the ground truths (CPU)
+    fake: torch.Tensor | None  # … and of the predictions
+    sheet: list[tuple]  # contact-sheet rows of the job's first images
+    resized: int  # predictions that were not at protocol size
+
+
+def _score_chunk(
+    cfg: EvalConfig,
+    protocol: Protocol,
+    images: list[Path],
+    masks: MaskSet,
+    predictions: Path,
+    extractors: dict,
+    chunk: range,
+) -> _ChunkScores:
+    from moebius.eval.pixel import psnr, ssim_from_map, ssim_map
+
+    out = Path(cfg.out_dir)
+    device = torch.device(cfg.device)
+    wanted = set(cfg.metrics)
+    inception, lpips_net = extractors["inception"], extractors["lpips"]
+    resolution = protocol.resolution
+    gts, preds, holes, sheet, resized = [], [], [], [], 0
+    for i in chunk:
+        gt, mask = prepare_image(images[i], resolution), masks(i)
+        pred = _load_rgb(_find_prediction(predictions, images[i].stem))
+        if pred.shape != gt.shape:
+            resized += 1
+            pred = np.asarray(Image.fromarray(pred).resize(gt.shape[1::-1], Image.LANCZOS))
+        masked = _masked_input(gt, mask)
+        for folder, array in (("masks", mask * 255), ("inputs", masked)):
+            if not (out / folder / f"{images[i].stem}.png").is_file():  # same on every run
+                _save_png(out / folder / f"{images[i].stem}.png", array)
+        if i < CONTACT_ROWS:
+            sheet.append((masked, mask * 255, pred, gt))
+        gts.append(gt)
+        preds.append(pred)
+        holes.append(mask)
+    real = fake = None
+    if inception is not None:
+        features = inception(gts + preds)
+        real, fake = features[: len(gts)], features[len(gts) :]
+    distances = [math.nan] * len(gts)
+    if lpips_net is not None:
+        with torch.inference_mode():
+            pair = (_signed_unit(preds, device), _signed_unit(gts, device))
+            distances = lpips_net(*pair).cpu().tolist()
+    records = []
+    for i, pred, gt, hole, distance in zip(chunk, preds, gts, holes, distances, strict=True):
+        record = {"image": images[i].name, "hole_ratio": float(hole.mean())}
+        if "lpips" in wanted:
+            record["lpips"] = distance
+        if "psnr" in wanted:
+            record["psnr"] = psnr(pred, gt)
+        if "psnr_hole" in wanted:
+            record["psnr_hole"] = psnr(pred, gt, hole)
+        if wanted & {"ssim", "ssim_hole"}:
+            smap = ssim_map(pred, gt, device=device)
+            if "ssim" in wanted:
+                record["ssim"] = ssim_from_map(smap)
+            if "ssim_hole" in wanted:
+                record["ssim_hole"] = ssim_from_map(smap, hole)
+        records.append(record)
+    return _ChunkScores(records, real, fake, sheet, resized)
+
+
 def score(
     cfg: EvalConfig,
     protocol: Protocol,
@@ -191,61 +280,30 @@ def score(
     masks: MaskSet,
     predictions: Path,
     extractors: dict,
-) -> dict:
-    """All metrics for (prediction, ground truth, mask) triples; returns the metrics.json body."""
-    from moebius.eval.pixel import psnr, ssim_from_map, ssim_map
-
+    world: World = SINGLE,
+) -> dict | None:
+    """All metrics for (prediction, ground truth, mask) triples; returns the metrics.json body
+    on rank 0 (None on the others). Each rank scores its share of the chunks; rank 0 gathers
+    the per-image values and features in image order, so every score, bootstrap intervals
+    included, equals a single process's."""
+    parts = run_chunks(
+        world,
+        chunks(len(images), cfg.batch_size),
+        lambda chunk: _score_chunk(cfg, protocol, images, masks, predictions, extractors, chunk),
+        lambda chunk: _names(images, chunk),
+        total=len(images),
+        desc="scoring",
+    )
+    if parts is None:
+        return None
     out = Path(cfg.out_dir)
     device = torch.device(cfg.device)
     wanted = set(cfg.metrics)
-    inception, lpips_net = extractors["inception"], extractors["lpips"]
-
+    inception = extractors["inception"]
     resolution = protocol.resolution
-    records, real_feats, fake_feats, sheet = [], [], [], []
-    resized = 0
-    batch = cfg.batch_size
-    for start in tqdm(range(0, len(images), batch), desc="scoring", unit="batch"):
-        gts, preds, holes = [], [], []
-        for i in range(start, min(start + batch, len(images))):
-            gt, mask = prepare_image(images[i], resolution), masks(i)
-            pred = _load_rgb(_find_prediction(predictions, images[i].stem))
-            if pred.shape != gt.shape:
-                resized += 1
-                pred = np.asarray(Image.fromarray(pred).resize(gt.shape[1::-1], Image.LANCZOS))
-            masked = _masked_input(gt, mask)
-            for folder, array in (("masks", mask * 255), ("inputs", masked)):
-                if not (out / folder / f"{images[i].stem}.png").is_file():  # same on every run
-                    _save_png(out / folder / f"{images[i].stem}.png", array)
-            if len(sheet) < CONTACT_ROWS:
-                sheet.append((masked, mask * 255, pred, gt))
-            gts.append(gt)
-            preds.append(pred)
-            holes.append(mask)
-        if inception is not None:
-            features = inception(gts + preds)
-            real_feats.append(features[: len(gts)])
-            fake_feats.append(features[len(gts) :])
-        distances = [math.nan] * len(gts)
-        if lpips_net is not None:
-            with torch.inference_mode():
-                pair = (_signed_unit(preds, device), _signed_unit(gts, device))
-                distances = lpips_net(*pair).cpu().tolist()
-        for offset, (pred, gt, hole) in enumerate(zip(preds, gts, holes, strict=True)):
-            record = {"image": images[start + offset].name, "hole_ratio": float(hole.mean())}
-            if "lpips" in wanted:
-                record["lpips"] = distances[offset]
-            if "psnr" in wanted:
-                record["psnr"] = psnr(pred, gt)
-            if "psnr_hole" in wanted:
-                record["psnr_hole"] = psnr(pred, gt, hole)
-            if wanted & {"ssim", "ssim_hole"}:
-                smap = ssim_map(pred, gt, device=device)
-                if "ssim" in wanted:
-                    record["ssim"] = ssim_from_map(smap)
-                if "ssim_hole" in wanted:
-                    record["ssim_hole"] = ssim_from_map(smap, hole)
-            records.append(record)
-
+    records = [record for part in parts for record in part.records]
+    sheet = [row for part in parts for row in part.sheet]
+    resized = sum(part.resized for part in parts)
     text = "".join(json.dumps(json_safe(r)) + "\n" for r in records)
     atomic_write(out / "per_image.jsonl", lambda tmp: Path(tmp).write_text(text))
 
@@ -260,7 +318,8 @@ def score(
         from moebius.eval.fid import fid_from_features
         from moebius.eval.ids import inception_discriminative_scores
 
-        real, fake = torch.cat(real_feats), torch.cat(fake_feats)
+        real = torch.cat([part.real for part in parts])
+        fake = torch.cat([part.fake for part in parts])
         if "fid" in wanted:
             metrics["fid"] = fid_from_features(fake, real) if len(images) >= 2 else math.nan
         if wanted & {"u_ids", "p_ids"}:
@@ -299,10 +358,13 @@ def score(
     }
 
 
-def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
+def evaluate(cfg: EvalConfig, pipeline=None, world: World = SINGLE) -> dict:
     """Run (or resume) inference with ``pipeline`` unless ``cfg.predictions`` is set, then score.
 
     Returns the ``metrics.json`` content and writes every file listed in the module docstring.
+    ``world``: this process's place in a torchrun job (see :mod:`moebius.distributed`); every
+    rank calls this, each inpaints and scores its share, rank 0 writes the summary files, and
+    every rank returns the same result.
     """
     started = time.time()
     protocol = get_protocol(cfg.protocol)
@@ -312,23 +374,23 @@ def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
         raise InputError("--batch-size must be at least 1")
     if cfg.predictions is None:  # fail before any file is written
         cfg.settings.validate()
+    if cfg.predictions is None and pipeline is None:
+        raise InputError("give a model to run or --predictions DIR to score")
+    if cfg.predictions is not None and not Path(cfg.predictions).is_dir():
+        raise InputError(f"predictions folder not found: {cfg.predictions}")
     images = list_images(cfg.images, cfg.limit)
+    world.require_same("\n".join(map(str, images)), f"images in {cfg.images}")
     masks = MaskSet(protocol, images, cfg.masks, cfg.masks_white, cfg.seed)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    _check_same_settings(out / "run.json", cfg, masks)
-    extractors = load_extractors(cfg)
+    todo = world.run_on_main(lambda: _prepare(cfg, out, images, masks))
+    world.require_shared(out / "run.json")
+    extractors = world.run_everywhere(lambda: load_extractors(cfg), main_first=True)
     if cfg.predictions is not None:
         predictions = Path(cfg.predictions)
-        if not predictions.is_dir():
-            raise InputError(f"predictions folder not found: {predictions}")
         inference = {"predictions": str(predictions)}
     else:
-        if pipeline is None:
-            raise InputError("give a model to run or --predictions DIR to score")
         predictions = out / "predictions"
-        made = run_inference(pipeline, cfg, images, masks, protocol.resolution)
+        made = run_inference(pipeline, cfg, images, masks, protocol.resolution, todo, world)
         inference = {
             "settings": {**cfg.settings.to_dict(), "seed": cfg.seed},
             "hole_fill": cfg.hole_fill,
@@ -339,28 +401,48 @@ def evaluate(cfg: EvalConfig, pipeline=None) -> dict:
             "device": str(pipeline.device),
             "dtype": str(pipeline.dtype),
         }
+    scores = score(cfg, protocol, images, masks, predictions, extractors, world)
 
-    scores = score(cfg, protocol, images, masks, predictions, extractors)
-    sheet = scores.pop("_sheet")
-    result = {
-        "protocol": protocol.name,
-        "protocol_details": {**asdict(protocol), "notes": protocol.notes},
-        "model": cfg.model_name,
-        "num_images": len(images),
-        "images": str(cfg.images),
-        "seed": cfg.seed,
-        "mask_source": masks.source,
-        "inference": inference,
-        **scores,
-        "paper": protocol.paper,
-        "versions": _versions(),
-        "metric_device": cfg.device,
-        "seconds": round(time.time() - started, 1),
-    }
-    write_json(out / "metrics.json", result)
-    write_markdown(out / "results.md", result)
-    write_contact_sheet(out / "contact_sheet.png", sheet)
-    return result
+    def report() -> dict:
+        sheet = scores.pop("_sheet")
+        result = {
+            "protocol": protocol.name,
+            "protocol_details": {**asdict(protocol), "notes": protocol.notes},
+            "model": cfg.model_name,
+            "num_images": len(images),
+            "images": str(cfg.images),
+            "seed": cfg.seed,
+            "mask_source": masks.source,
+            "inference": inference,
+            **scores,
+            "paper": protocol.paper,
+            "versions": _versions(),
+            "metric_device": cfg.device,
+            "processes": world.size,
+            "seconds": round(time.time() - started, 1),
+        }
+        write_json(out / "metrics.json", result)
+        write_markdown(out / "results.md", result)
+        write_contact_sheet(out / "contact_sheet.png", sheet)
+        return result
+
+    return world.run_on_main(report)
+
+
+def _prepare(cfg: EvalConfig, out: Path, images: list[Path], masks: MaskSet) -> list[range]:
+    """Rank 0 alone, before any file is written: sweep what a killed run left, check (and
+    record) the settings, and list the chunks whose predictions are still to make."""
+    for folder in (out, out / "predictions", out / "masks", out / "inputs"):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
+    _check_same_settings(out / "run.json", cfg, masks)
+    if cfg.predictions is not None:
+        return []
+    work = chunks(len(images), cfg.batch_size)
+    todo = pending(work, lambda i: _prediction_path(out, images[i]).is_file())
+    if len(todo) < len(work):
+        print(f"resuming: {len(work) - len(todo)} of {len(work)} batches already done")
+    return todo
 
 
 def _check_same_settings(path: Path, cfg: EvalConfig, masks: MaskSet) -> None:

@@ -4,12 +4,8 @@ them by ONNX Runtime or OpenVINO with NumPy, without PyTorch.
 * ``moebius export onnx|openvino`` (:mod:`moebius.export.exporter`, needs PyTorch) writes an
   export directory: three graphs and a ``manifest.json`` (:mod:`moebius.export.manifest`);
 * :class:`~moebius.export.runtime.ExportedInpaintPipeline` (also reached as
-  ``MoebiusInpaintPipeline.from_exported``) runs one; :func:`load_pipeline` loads a pipeline for
-  any backend (``torch``, ``onnxruntime``, ``openvino``) for the commands.
+  ``MoebiusInpaintPipeline.from_exported``) runs one; :func:`moebius.loading.load_pipeline`
+  loads a pipeline for any backend (``torch``, ``onnxruntime``, ``openvino``) for the commands.
 
 Importing this package imports neither PyTorch nor a runtime.
 """
-
-from moebius.export.backends import BACKENDS, add_backend_args, load_pipeline
-
-__all__ = ["BACKENDS", "add_backend_args", "load_pipeline"]

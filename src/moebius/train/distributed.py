@@ -8,7 +8,6 @@ each rank's gradient includes the other ranks' dependence on its samples). Norma
 global statistics makes a ``world × b`` run match a single process with batch ``world · b``.
 """
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -33,17 +32,19 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    """Join the process group described by torchrun's environment (no-op for one process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group described by torchrun's environment (no-op for one process);
+    inconsistent variables are one-line errors (:meth:`moebius.distributed.World.from_env`)."""
+    from moebius.distributed import World
+
+    world = World.from_env()
+    if world.size == 1:
         return DistInfo()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(world.local_rank)
         dist.init_process_group(backend)
-    return DistInfo(rank, world, local_rank)
+    return DistInfo(world.rank, world.size, world.local_rank)
 
 
 def average_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
