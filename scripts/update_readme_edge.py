@@ -63,11 +63,12 @@ def render(bench: dict, demo: dict, export: dict) -> str:
         f"{export['versions']['onnxruntime']}, openvino {export['versions']['openvino']}), by:",
         "",
         "```bash",
-        "moebius bench --models moebius-0.2b --sizes 512 --batches 2 --dtypes float32,bfloat16 "
-        f"--backends torch,onnxruntime,openvino --threads {machine['threads']} --pipeline-sizes "
-        f"512 --steps {steps} --no-plain --no-profile --out docs/bench/edge-512",
-        "python -m moebius.export.quality --model moebius-demo --threads "
-        f"{machine['threads']} --out docs/bench/edge-quality-demo",
+        "moebius bench --models moebius-0.2b --sizes 512 --batches 2 --dtypes "
+        f"{','.join(bench['settings']['dtypes'])} --backends "
+        f"{','.join(bench['settings']['backends'])} --threads {machine['threads']} "
+        f"--pipeline-sizes 512 --steps {steps} --no-plain --no-profile --out docs/bench/edge-512",
+        f"python -m moebius.export.quality --model moebius-demo --size {demo['size'][0]} "
+        f"--threads {machine['threads']} --out docs/bench/edge-quality-demo",
         "moebius export openvino EXPORT_DIR --model random:moebius-0.2b --threads "
         f"{machine['threads']}   # its manifest.json: docs/bench/edge-export",
         "```",
@@ -75,7 +76,8 @@ def render(bench: dict, demo: dict, export: dict) -> str:
         f"The full-size student (random weights; speed does not depend on them) at 512×512: one "
         f"denoising step at batch 2 (the guided pair), a whole {steps}-step inpainting (VAE "
         f"encode and decode included), and the PSNR of that inpainting against float32 "
-        f"PyTorch's from the same start (demo model: the bundled trained one):",
+        f"PyTorch's from the same start (demo model: the bundled trained one, "
+        f"at {demo['size'][0]}×{demo['size'][1]}):",
         "",
         "| pipeline | ms / step | vs PyTorch float32 | vs fastest PyTorch | "
         f"{steps}-step inpaint s | PSNR dB | PSNR dB, demo model |",
