@@ -4,17 +4,21 @@ given the same noise), the runtime without PyTorch, bad export directories, and 
 bundled demo model."""
 
 import copy
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from helpers import tiny_model, tiny_vae
 from PIL import Image
+from serving import png, serve
 from skimage import data
 
 import moebius
@@ -97,14 +101,26 @@ def tiny_dir(tmp_path_factory) -> Path:
     return directory
 
 
+# name → (format, storage dtype, weights): the float32 exports most tests run, and the reduced
+# precisions of moebius export --dtype / --weights
+EXPORTS = {
+    "onnx": ("onnx", "float32", "float"),
+    "openvino": ("openvino", "float32", "float"),
+    "onnx-int8": ("onnx", "float32", "int8"),
+    "onnx-int8-dynamic": ("onnx", "float32", "int8-dynamic"),
+    "openvino-int8": ("openvino", "float32", "int8"),
+    "onnx-float16": ("onnx", "float16", "float"),
+}
+
+
 @pytest.fixture(scope="module")
 def exports(tiny_dir, tmp_path_factory) -> dict[str, Path]:
-    """The tiny pipeline exported as ONNX and as OpenVINO IR (one trace)."""
+    """The tiny pipeline exported in every format and precision above (one trace)."""
     root = tmp_path_factory.mktemp("exports")
     pipe, source = load_for_export(str(tiny_dir))
-    targets = {root / fmt: ExportOptions(fmt) for fmt in ("onnx", "openvino")}
+    targets = {root / name: ExportOptions(*options) for name, options in EXPORTS.items()}
     export_loaded(pipe, targets, source, threads=1, log=lambda _: None)
-    return {fmt: root / fmt for fmt in ("onnx", "openvino")}
+    return {name: root / name for name in EXPORTS}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +169,69 @@ def test_manifest(onnx_dir, openvino_dir, tiny_dir):
         "denoiser.bin", "denoiser.xml", MANIFEST_FILE, "vae_decoder.bin", "vae_decoder.xml",
         "vae_encoder.bin", "vae_encoder.xml",
     ]  # fmt: skip
+
+
+def _constant_types(directory: Path) -> set[str]:
+    """The element types of the denoiser's stored weights."""
+    if (directory / "denoiser.onnx").is_file():
+        import onnx
+
+        model = onnx.load(str(directory / "denoiser.onnx"))
+        return {
+            onnx.helper.tensor_dtype_to_np_dtype(i.data_type).name for i in model.graph.initializer
+        }
+    import openvino as ov
+
+    model = ov.Core().read_model(str(directory / "denoiser.xml"))
+    return {
+        op.get_element_type().get_type_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Constant"
+    }
+
+
+def _operators(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+# the denoiser's weights' element type and the operators that use them, per reduced export
+WHAT_IS_STORED = {
+    "onnx-int8": ("uint8", {"MatMulNBits"}),
+    "onnx-int8-dynamic": ("int8", {"DynamicQuantizeLinear", "MatMulInteger"}),
+    "openvino-int8": ("u8", set()),
+    "onnx-float16": ("float16", set()),
+}
+
+
+@pytest.mark.parametrize("name", list(WHAT_IS_STORED))
+def test_reduced_precision_exports(name, exports, torch_pipe):
+    """8-bit weights and float16 storage: the weights' element type, the operators that use
+    them, and a noise prediction near PyTorch's float32 one but not equal to it (the float32
+    exports match exactly, above)."""
+    directory, (fmt, dtype, weights) = exports[name], EXPORTS[name]
+    doc = read_manifest(directory).document
+    assert (doc["export"]["dtype"], doc["export"]["weights"]) == (dtype, weights)
+    stored, operators = WHAT_IS_STORED[name]
+    assert stored in _constant_types(directory)
+    if fmt == "onnx":
+        assert operators <= _operators(directory / "denoiser.onnx")
+    else:  # NNCF also compresses the convolutions: most of this model's weights
+        assert (directory / "denoiser.bin").stat().st_size < 0.5 * (
+            exports["openvino"] / "denoiser.bin"
+        ).stat().st_size
+    pipe = ExportedInpaintPipeline.from_exported(directory, threads=1)
+    torch.manual_seed(0)
+    sample = torch.randn(2, 9, 8, 12) * 2
+    with torch.inference_mode():
+        expected = torch_pipe.model(
+            sample, torch.tensor([500]), _ids(("background", "foreground"))
+        ).sample
+    feeds = {"sample": sample.numpy(), "timestep": np.array([500]), "category": np.array([0, 1])}
+    (got,) = pipe.engine.run("denoiser", feeds)
+    error = np.abs(got - expected.numpy()).max() / np.abs(expected.numpy()).max()
+    assert 0 < error <= 0.01
 
 
 # latent sides: wider than trained (tables interpolated), smaller (antialiased); the trained size
@@ -351,6 +430,46 @@ def test_cli_exports_and_inpaints_the_demo_model_offline(tmp_path, monkeypatch, 
         assert not np.array_equal(results[backend], np.asarray(image))
     # the same graphs and seed on both runtimes
     assert np.abs(results["onnxruntime"] - results["openvino"]).max() <= 2
+
+
+# ------------------------------------------------------------------ the service
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_serve_runs_an_export(backend, onnx_dir, openvino_dir, tmp_path):
+    """``moebius serve --backend`` as a real process: the service answers with the image the
+    exported pipeline makes for the same settings (seeds are NumPy streams on both)."""
+    directory = onnx_dir if backend == "onnxruntime" else openvino_dir
+    image = Image.fromarray(data.astronaut()).resize((96, 64))
+    hole = np.zeros((64, 96), np.uint8)
+    hole[10:40, 20:60] = 255
+    mask = Image.fromarray(hole)
+    form = {"image": ("p.png", png(image)), "mask": ("m.png", png(mask))}
+    with serve(tmp_path, "--backend", backend, "--model", str(directory)) as server:
+        answer = httpx.post(
+            f"{server.url}/v1/inpaint", files=form, data={"steps": "2", "seed": "7"}, timeout=120
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Model"] == str(directory)
+    served = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB")).astype(int)
+    pipe = ExportedInpaintPipeline.from_exported(directory, backend, threads=1)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(image, mask, settings=InpaintSettings(steps=2, seed=7), output_type="np")
+    assert np.abs(served - expected.images[0]).max() <= 1
+    assert not np.array_equal(served, np.asarray(image))
+
+
+def test_serve_refuses_a_mismatched_export_in_one_line(openvino_dir):
+    argv = ["serve", "--port", "0", "--threads", "1", "--backend", "onnxruntime",
+            "--model", str(openvino_dir)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "moebius.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert "holds an OpenVINO export" in last and "Traceback" not in done.stderr
 
 
 def test_set_export_switches_every_lambda_layer():
