@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_vae
 
 import moebius
 from moebius.bench import fit_exponent, measured_flops, student_flops
@@ -155,3 +156,49 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, option, value, messag
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "x").exists()
+
+
+def test_bench_times_exported_runtimes_side_by_side(tmp_path, tiny_config_path):
+    out = tmp_path / "bench"
+    vae_config = tmp_path / "vae.json"
+    vae_config.write_text(json.dumps(dict(tiny_vae().config)))
+    args = [
+        "bench",
+        "--models", str(tiny_config_path),
+        "--backends", "torch,onnxruntime",
+        "--vae-config", str(vae_config),
+        "--sizes", "64",
+        "--batches", "2",
+        "--dtypes", "float32",
+        "--repeats", "1",
+        "--steps", "2",
+        "--pipeline-sizes", "64",
+        "--roofline-size", "64",
+        "--threads", "1",
+        "--no-plain", "--no-profile", "--no-accuracy",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert cli_main(args) == 0
+    report = json.loads((out / "bench.json").read_text())
+    edge = {r["variant"] for r in report["results"] if r["role"] == "edge"}
+    assert edge == {
+        "onnxruntime float32",
+        "onnxruntime float32, int8 weights",
+        "onnxruntime float32, int8 dynamic",
+    }
+    torch_row = next(r for r in report["results"] if r["role"] == "student")
+    for row in report["results"]:
+        assert row["status"] == "ok" and row["flops"] == torch_row["flops"]
+    ratios = {r["ratio"] for r in report["ratios"]}
+    assert {f"{v}/torch float32" for v in edge} | {f"{v}/fastest torch" for v in edge} <= ratios
+    assert {p["label"] for p in report["pipeline"]} == {str(tiny_config_path)} | {
+        f"{tiny_config_path} [{v}]" for v in edge
+    }
+    quality = {row["label"]: row for row in report["edge_quality"]["rows"]}
+    assert set(quality) == {"reference"} | edge
+    assert quality["onnxruntime float32"]["psnr_db"] > 40
+    assert len(quality["onnxruntime float32"]["latent_mean_abs_by_step"]) == 2
+    assert {t["variant"] for t in report["edge_timings"]} == edge
+    assert all(t["export_s"] > 0 and t["load_s"] > 0 for t in report["edge_timings"])
+    text = (out / "bench.md").read_text()
+    assert "## Exported runtimes: quality" in text and "## Exported runtimes: export" in text

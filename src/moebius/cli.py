@@ -13,6 +13,7 @@ COMMANDS = [
     "moebius.commands.convert",
     "moebius.commands.eval",
     "moebius.commands.bench",
+    "moebius.commands.export",
     "moebius.commands.distill",
     "moebius.commands.cache_latents",
     "moebius.commands.reproduce",

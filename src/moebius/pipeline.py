@@ -430,6 +430,16 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         schedule = NoiseSchedule.load(where.scheduler_dir) if where.scheduler_dir else None
         return cls(model, vae, schedule).to(device, dtype)
 
+    @classmethod
+    def from_exported(cls, directory: str | os.PathLike, **options) -> InpaintPipeline:
+        """A directory written by ``moebius export``, run by ONNX Runtime or OpenVINO with NumPy,
+        without PyTorch: an :class:`~moebius.export.runtime.ExportedInpaintPipeline`, called like
+        this class (``options``: ``backend``, ``threads``, ``dtype``; see
+        :meth:`ExportedInpaintPipeline.from_exported`)."""
+        from moebius.export.runtime import ExportedInpaintPipeline
+
+        return ExportedInpaintPipeline.from_exported(directory, **options)
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``model/`` (moebius format), ``vae/`` (diffusers) and ``scheduler/`` (a diffusers
         DDIM config), then ``pipeline.json`` last so a half-written directory is never mistaken

@@ -146,21 +146,35 @@ def apply_runtime_args(args: argparse.Namespace, world=None) -> Runtime:
     own GPU (:func:`rank_device`), or on the CPU an equal share of the cores unless
     ``--threads`` says otherwise (torchrun's OMP_NUM_THREADS=1 default would leave cores idle),
     and all take the precision rank 0 resolved ``--dtype`` to.
+
+    A ``--backend`` other than ``torch`` (an exported model, see :mod:`moebius.loading`) runs
+    on the CPU and is configured by its runtime, not PyTorch: the result then holds ``cpu``,
+    the ``--dtype`` name and the thread count, and PyTorch is not imported.
     """
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    backend = getattr(args, "backend", "torch")
+    if backend != "torch":
+        if args.device not in ("auto", "cpu"):
+            raise InputError(f"the {backend} backend runs on the CPU, not {args.device}")
+        return Runtime(
+            device="cpu",
+            dtype=getattr(args, "dtype", "auto"),
+            threads=_cpu_share(args.threads, world),
+        )
+
     import torch
 
     from moebius.allocator import keep_freed_memory
 
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
     device = resolve_device(args.device)
     threads = args.threads
     if world is not None and world.size > 1:
         device = rank_device(device, world.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        elif device.type == "cpu" and threads is None:
-            threads = max(1, available_cores() // world.local_size)
+    if device.type == "cpu":
+        threads = _cpu_share(threads, world)
     if threads:
         torch.set_num_threads(threads)  # first: ``auto`` measures with these threads
     name = getattr(args, "dtype", "float32")
@@ -172,3 +186,10 @@ def apply_runtime_args(args: argparse.Namespace, world=None) -> Runtime:
     if device.type == "cpu":
         keep_freed_memory()
     return Runtime(device=device, dtype=dtype, threads=threads)
+
+
+def _cpu_share(threads: int | None, world) -> int | None:
+    """``--threads``, else under a multi-process job this rank's equal share of the cores."""
+    if threads is None and world is not None and world.size > 1:
+        return max(1, available_cores() // world.local_size)
+    return threads

@@ -101,6 +101,17 @@ def ratios(results: list[dict]) -> list[dict]:
         add("default/plain", r, cell.get((f"{label} [plain]", dtype, mode, batch)))
         if dtype != "float32":
             add(f"{dtype}/float32", r, cell.get((label, "float32", mode, batch)))
+    for (_, _, _, batch), r in sorted(cell.items()):
+        if r["role"] != "edge":
+            continue
+        torch_rows = [
+            o
+            for k, o in cell.items()
+            if o["role"] == "student" and o["variant"] == "default" and k[3] == batch
+        ]
+        add(f"{r['variant']}/torch float32", r, cell.get((r["model"], "float32", "eager", batch)))
+        if torch_rows:
+            add(f"{r['variant']}/fastest torch", r, min(torch_rows, key=_median))
     return rows
 
 
@@ -206,6 +217,28 @@ def markdown(report: dict) -> str:
                 f"| {r['plain_ms']:.1f} | {r['default_ms']:.1f} | {r['ratio']:.2f} "
                 f"| {r['plain_flops'] / 1e9:.2f} | {r['default_flops'] / 1e9:.2f} |"
             )
+    if report.get("edge_timings"):
+        lines += [
+            "",
+            "## Exported runtimes: export and load",
+            "",
+            "Export: tracing (once for all variants) + conversion + the check against PyTorch; "
+            "load: reading the graphs; first step: batch 2 at the trained size (OpenVINO "
+            "compiles the graph for it).",
+            "",
+            "| variant | export s | load s | first step s |",
+            "|---|---|---|---|",
+        ]
+        for r in report["edge_timings"]:
+            lines.append(
+                f"| {r['variant']} | {r['export_s']:.1f} | {r['load_s']:.1f} "
+                f"| {r['first_step_s']:.1f} |"
+            )
+    if report.get("edge_quality"):
+        from moebius.export.quality import markdown as quality_markdown
+
+        quality = quality_markdown(report["edge_quality"], "Exported runtimes: quality")
+        lines += ["", "#" + quality.rstrip()]
     for a in report.get("accuracy", []):
         lines += [
             "",

@@ -4,6 +4,7 @@ a per-module profile and the bfloat16 error, all in one process."""
 import copy
 import json
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,6 +24,7 @@ from moebius.bench.measure import (
 from moebius.bench.subjects import Subject, build_subjects
 from moebius.bench.vae import decoded_difference
 from moebius.cpu import cpu_model, native_bfloat16
+from moebius.models.registry import SDXL_VAE_CONFIG
 from moebius.nn import engines
 from moebius.nn.adopt import adopt
 from moebius.runtime import autocast, synchronize
@@ -59,6 +61,9 @@ class BenchSettings:
     keep_freed_memory: bool = False  # CPU: see moebius.allocator
     tune: bool = False  # time every engine again (moebius.nn.engines) instead of the cache
     vae: bool = True  # the VAE's own timings and errors, at the first pipeline size
+    # torch, and the exported runtimes (onnxruntime, openvino) run on the first student
+    backends: list[str] = field(default_factory=lambda: ["torch"])
+    vae_config: str = str(SDXL_VAE_CONFIG)  # the VAE of the pipeline timings and exports
 
 
 def _allow_recompiles() -> None:
@@ -77,6 +82,9 @@ class Benchmark:
         self.timer = Timer(self.device)
         self.notes: list[str] = []
         self._compiled: dict[tuple, Callable] = {}
+        self._vae_model = None
+        self.edge_timings: list[dict] = []  # export, load and first-step seconds per variant
+        self._workdir: Path | None = None  # exports of the edge subjects, for one run
 
     def _subjects(self) -> list[Subject]:
         subjects = []
@@ -89,7 +97,34 @@ class Benchmark:
                 note = f"skipped {name}: {type(exc).__name__}: {exc}"
                 self.notes.append(note)
                 self.log(note)
+        runtimes = [b for b in self.settings.backends if b != "torch"]
+        students = [x for x in subjects if x.role == "student" and x.variant == "default"]
+        if runtimes and students:
+            from moebius.bench.edge import edge_subjects, edge_variants
+
+            variants = edge_variants(runtimes, self.settings.dtypes)
+            self.log(f"exporting {students[0].label} for {', '.join(v.label for v in variants)}")
+            edges, self.edge_timings = edge_subjects(
+                students[0], self._vae(), variants, self._workdir, self.settings.threads, self.log
+            )
+            subjects += edges
+            self.notes.append(
+                "exported runtimes: the student exported by moebius export (float32 graphs, "
+                "8-bit schemes derived from them); each pipeline row is timed after a 1-step "
+                "call, since OpenVINO compiles a graph for each new shape on first use"
+            )
+        if "torch" not in self.settings.backends:
+            subjects = [x for x in subjects if x.role == "edge"]
         return subjects
+
+    def _vae(self):
+        """The pipeline timings' VAE (random weights: speed does not depend on them)."""
+        if self._vae_model is None:
+            from diffusers import AutoencoderKL
+
+            config = json.loads(Path(self.settings.vae_config).read_text())
+            self._vae_model = AutoencoderKL.from_config(config).eval().to(self.device)
+        return self._vae_model
 
     def _runner(self, subject: Subject, x, t, dtype, mode) -> Callable[[], torch.Tensor]:
         step = subject.step(dtype)
@@ -154,6 +189,8 @@ class Benchmark:
         batch = x.shape[0]
         live, rows = [], []
         for subject in subjects:
+            if subject.runtime is not None and (subject.precision != dtype_name or mode != "eager"):
+                continue  # an exported runtime runs in its own precision, as it is
             row = {
                 "model": subject.name,
                 "variant": subject.variant,
@@ -180,9 +217,10 @@ class Benchmark:
         times = self._in_turns([run for _, _, run in live])
         for (subject, row, run), runs_s in zip(live, times, strict=True):
             row["latency"] = summarize(runs_s)
-            key = (subject.label, size, x.shape[0])
+            counted = subject.exports or subject  # an export does the maths of its source
+            key = (counted.label, size, x.shape[0])
             if key not in flop_cache:
-                flop_cache[key] = self._flops(subject, x, t)
+                flop_cache[key] = self._flops(counted, x, t)
             row.update(flop_cache[key])
             achieved = row["flops"] / (row["latency"]["median_ms"] / 1000)
             row["achieved_flops_per_s"] = achieved
@@ -199,15 +237,13 @@ class Benchmark:
         """A whole inpainting through :class:`~moebius.pipeline.MoebiusInpaintPipeline`, the
         code users run: VAE encodes, N guided steps, decode and paste-back, with its own phase
         timings (a random VAE of the real SDXL config; speed does not depend on weights)."""
-        from diffusers import AutoencoderKL
-
-        config_path = Path(__file__).resolve().parent.parent / "configs" / "sdxl_vae_config.json"
-        vae = AutoencoderKL.from_config(json.loads(config_path.read_text()))
-        vae = vae.eval().to(self.device)
+        vae = self._vae()
         rows = []
         for width, height in self.settings.pipeline_sizes:
             for dtype_name in self.settings.dtypes:
                 for subject in subjects:
+                    if subject.runtime is not None and subject.precision != dtype_name:
+                        continue
                     try:
                         row = self._pipeline_once(subject, vae, (width, height), DTYPES[dtype_name])
                     except Exception as exc:  # recorded, the other rows still run
@@ -234,13 +270,19 @@ class Benchmark:
         mask = np.zeros((height, width), np.uint8)
         mask[height // 4 : height // 2, width // 4 : width // 2] = 255
         settings = InpaintSettings(steps=self.settings.steps, strategy=Strategy.ORIGINAL)
-        vae_copy = vae if dtype == torch.float32 else copy.deepcopy(vae).to(dtype)
-        pipe = MoebiusInpaintPipeline(subject.model(dtype), vae_copy)
-        pipe.set_progress_bar_config(disable=True)
-        if self.settings.warmup:
-            # Untimed, with two steps: first calls tune the shapes the engine cache lacks (the
-            # VAE's) and pack weights, which a machine pays once, not on every inpainting.
-            pipe(image, Image.fromarray(mask), settings=replace(settings, steps=2))
+        if subject.runtime is not None:
+            pipe = subject.runtime
+            # OpenVINO compiles a graph for each new shape on first use: not part of the time
+            pipe(image, Image.fromarray(mask), settings=replace(settings, steps=1, strength=1.0))
+        else:
+            vae_copy = vae if dtype == torch.float32 else copy.deepcopy(vae).to(dtype)
+            pipe = MoebiusInpaintPipeline(subject.model(dtype), vae_copy)
+            pipe.set_progress_bar_config(disable=True)
+            if self.settings.warmup:
+                # Untimed, with two steps: first calls tune the shapes the engine cache lacks
+                # (the VAE's) and pack weights, which a machine pays once, not on every
+                # inpainting.
+                pipe(image, Image.fromarray(mask), settings=replace(settings, steps=2))
         out = pipe(image, Image.fromarray(mask), settings=settings)
         timings = out.timings
         return {
@@ -252,7 +294,6 @@ class Benchmark:
             "total_s": timings["total"],
             "vae_s": timings["encode"] + timings["decode"],
             "vae_share": (timings["encode"] + timings["decode"]) / timings["total"],
-            "warmed_up": bool(self.settings.warmup),
         }
 
     def vae(self, size: tuple[int, int]) -> dict:
@@ -443,7 +484,9 @@ class Benchmark:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         try:
-            return self._run()
+            with tempfile.TemporaryDirectory(prefix="moebius-bench-") as workdir:
+                self._workdir = Path(workdir)
+                return self._run()
         finally:
             torch.set_num_threads(threads)
 
@@ -478,7 +521,7 @@ class Benchmark:
             "results": self.step_latency(subjects, roofline),
         }
         report["pipeline"] = (
-            self.pipeline([x for x in subjects if x.variant == "default"])
+            self.pipeline([x for x in subjects if x.variant == "default" or x.role == "edge"])
             if s.pipeline_sizes
             else []
         )
@@ -514,8 +557,32 @@ class Benchmark:
                     report["accuracy"].append(self.accuracy(subject, size, low[0]))
         report["vae"] = self.vae(s.pipeline_sizes[0]) if s.vae and s.pipeline_sizes else None
         report["engines"] = engines.report()
+        report["edge_quality"] = self.edge_quality(subjects) if s.pipeline_sizes else None
+        report["edge_timings"] = self.edge_timings
         report["notes"] = self.notes
         return report
+
+    def edge_quality(self, subjects: list[Subject]) -> dict | None:
+        """The exported runtimes' (and PyTorch bfloat16's) drift from float32 PyTorch over a
+        whole inpainting at the first pipeline size (:mod:`moebius.export.quality`)."""
+        from moebius.export.quality import trajectory_quality
+        from moebius.pipeline import MoebiusInpaintPipeline
+
+        edges = [x for x in subjects if x.role == "edge"]
+        if not edges:
+            return None
+        student, vae = edges[0].exports, self._vae()
+        reference = MoebiusInpaintPipeline(student.model(), vae)
+        candidates = {}
+        for dtype_name in self.settings.dtypes:
+            if dtype_name != "float32" and "torch" in self.settings.backends:
+                low = copy.deepcopy(vae).to(DTYPES[dtype_name])
+                pipe = MoebiusInpaintPipeline(student.model(DTYPES[dtype_name]), low)
+                candidates[f"torch {dtype_name}"] = pipe
+        candidates.update({x.variant: x.runtime for x in edges})
+        size = self.settings.pipeline_sizes[0]
+        self.log(f"quality of {', '.join(candidates)} against float32 PyTorch at {size}")
+        return trajectory_quality(reference, candidates, size, self.settings.steps)
 
 
 def machine_info(device: torch.device) -> dict:

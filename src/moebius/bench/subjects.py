@@ -45,10 +45,14 @@ class Subject:
 
     name: str
     variant: str
-    module: nn.Module
+    module: nn.Module | None
     params: int
-    role: str  # "student", "teacher" or "baseline": what the headline ratios compare
+    role: str  # "student", "teacher", "baseline" or "edge": what the headline ratios compare
     student_config: object = None  # set for students: enables the closed-form FLOP count
+    # edge subjects: the student exported and run by another runtime (moebius.bench.edge)
+    runtime: object = None  # an ExportedInpaintPipeline
+    precision: str | None = None  # the runtime's compute precision
+    exports: "Subject | None" = None  # the PyTorch subject it is an export of
     _models: dict = field(default_factory=dict, repr=False)
     _steps: dict = field(default_factory=dict, repr=False)
 
@@ -67,6 +71,8 @@ class Subject:
         return self._models[dtype]
 
     def step(self, dtype: torch.dtype = torch.float32) -> Step:
+        if self.runtime is not None:  # the runtime's own precision
+            return _exported_step(self.runtime)
         if dtype not in self._steps:
             self._steps[dtype] = _lcg_step(self.model(dtype))
         return self._steps[dtype]
@@ -85,6 +91,24 @@ def _lcg_step(model: nn.Module) -> Step:
             ]
         )
         return model(x, t, ids).sample
+
+    return step
+
+
+def _exported_step(pipe) -> Step:
+    """The same step on an exported denoiser: NumPy in and out of its runtime."""
+    import numpy as np
+
+    from moebius.export.manifest import category_index
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        half = x.shape[0] - x.shape[0] // 2
+        ids = [category_index("foreground")] * half + [category_index("background")] * (
+            x.shape[0] - half
+        )
+        categories = np.array(ids, dtype=np.int64)
+        feeds = {"sample": x.numpy(), "timestep": t[:1].numpy(), "category": categories}
+        return torch.from_numpy(pipe.engine.run("denoiser", feeds)[0])
 
     return step
 

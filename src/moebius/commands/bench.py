@@ -79,6 +79,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(default: {FULL['dtypes']}; --quick: {QUICK['dtypes']})",
     )
     parser.add_argument(
+        "--backends",
+        default="torch",
+        help="torch, onnxruntime, openvino: the exported runtimes run the first student, "
+        "exported once per weight scheme (float, int8, int8-dynamic) and timed in each "
+        "precision of --dtypes they offer, with the 20-step quality against float32 PyTorch "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vae-config",
+        help="diffusers AutoencoderKL config.json of the pipeline timings and exports "
+        "(default: the SDXL VAE's, random weights)",
+    )
+    parser.add_argument(
         "--modes",
         default="eager",
         help="eager and/or compile (torch.compile; compiles every model and shape first) "
@@ -182,7 +195,10 @@ def run(args: argparse.Namespace) -> int:
         keep_freed_memory=device.type == "cpu" and not args.system_allocator,
         tune=args.tune,
         vae=not args.no_vae,
+        backends=_list(args.backends, ("torch", "onnxruntime", "openvino"), "backends"),
     )
+    if args.vae_config:
+        settings.vae_config = args.vae_config
     out = Path(args.out)
     log_lines: list[str] = []
 

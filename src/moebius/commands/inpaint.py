@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from moebius.errors import InputError
+from moebius.loading import add_backend_args
 from moebius.runtime import add_runtime_args
 from moebius.settings import add_settings_args
 
@@ -57,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Hub repo id (hustvl/Moebius, hustvl/PixelHacker: downloaded when online), a folder "
         "in the authors' layout (Moebius/<variant>/ + vae/), a folder written by "
         "MoebiusInpaintPipeline.save_pretrained, moebius-demo (the small bundled model), or "
-        "opencv-telea / opencv-ns (OpenCV's classical fills: instant, no weights). Default "
+        "opencv-telea / opencv-ns (OpenCV's classical fills: instant, no weights), or with "
+        "--backend onnxruntime|openvino a directory written by `moebius export`. Default "
         "'auto': the official weights (from the Hugging Face cache, or downloaded when online), "
         "else moebius-demo",
     )
@@ -70,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model-config",
         help="model preset or authors' YAML when it cannot be guessed from the folder name",
     )
+    add_backend_args(model)
     add_runtime_args(parser)
     add_settings_args(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -114,7 +117,9 @@ def _load_pipeline(args: argparse.Namespace, runtime):
     def note(text: str) -> None:
         print(f"moebius inpaint: note: {text}", file=sys.stderr)
 
-    _, pipe = load_pipeline(args.model, args.variant, args.model_config, runtime, note)
+    _, pipe = load_pipeline(
+        args.model, args.variant, args.model_config, runtime, note, backend=args.backend
+    )
     return pipe
 
 
@@ -206,6 +211,7 @@ def _run_record(args: argparse.Namespace, settings, runtime) -> dict:
     would mix precisions in one folder."""
     return {
         "model": args.model,
+        "backend": args.backend,
         "variant": args.variant,
         "model_config": args.model_config,
         "dtype": str(runtime.dtype).removeprefix("torch."),
@@ -227,6 +233,7 @@ def _check_run(path: Path, record: dict, overwrite: bool) -> dict:
             previous = json.loads(path.read_text())
         except ValueError:
             previous = {}
+        previous.setdefault("backend", "torch")  # folders made before backends existed
         if record["settings"]["seed"] is None and "settings" in previous:
             record["settings"]["seed"] = previous["settings"].get("seed")
         changed = [k for k in record if k != "settings" and previous.get(k) != record[k]]

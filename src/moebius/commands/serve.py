@@ -7,6 +7,7 @@ import socket
 import sys
 
 from moebius.errors import InputError
+from moebius.loading import add_backend_args
 from moebius.runtime import add_runtime_args
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -37,12 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         default="auto",
         help="as for moebius inpaint: auto (official weights, else the bundled moebius-demo), "
-        "moebius-demo, opencv-telea, opencv-ns, a folder or a Hub repo id (default: auto)",
+        "moebius-demo, opencv-telea, opencv-ns, a folder or a Hub repo id, or with --backend "
+        "onnxruntime|openvino a directory written by `moebius export` (default: auto)",
     )
     parser.add_argument(
         "--variant", default="ft_places2", help="weights variant (default: %(default)s)"
     )
     parser.add_argument("--model-config", help="model preset when it cannot be guessed")
+    add_backend_args(parser)
     add_runtime_args(parser)
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -163,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
     def load():
         say(f"loading {args.model} …")
         name, pipe = load_pipeline(
-            args.model, args.variant, args.model_config, runtime, lambda note: say(f"note: {note}")
+            args.model,
+            args.variant,
+            args.model_config,
+            runtime,
+            lambda note: say(f"note: {note}"),
+            backend=args.backend,
         )
         pipe.set_progress_bar_config(disable=True)  # the UI and the API report progress
         say(f"serving {name} at {url} (API: {url}/docs)")

@@ -253,6 +253,7 @@ class MoebiusUNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=1e-5)
         self.conv_out = DWConv(widths[0], cfg.out_channels, cfg.conv_out_kernel, residual=False)
         self.plain = False
+        self.export = False  # tracing for other runtimes: see forward
         init_linear_layers(self)
 
     def set_plain(self, plain: bool = True) -> "MoebiusUNet":
@@ -262,7 +263,10 @@ class MoebiusUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
     ) -> ModelOutput:
-        fast = not (self.plain or self.training)
+        # Channels-last maps make every map ↔ token reshape in the blocks a free view. A graph
+        # traced for another runtime has no memory formats: there the maps stay NCHW, so that
+        # the norms trace as plain group normalisations rather than channels-last rewrites.
+        fast = not (self.plain or self.training or self.export)
         dtype = self.conv_in.conv_dw.weight.dtype
         if fast and dtype == torch.bfloat16 and x.device.type in ("cpu", "cuda"):
             # bfloat16 weights run natively: activations stay bfloat16 from op to op, and the
@@ -276,7 +280,6 @@ class MoebiusUNet(nn.Module):
         self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, fast: bool
     ) -> ModelOutput:
         if fast:
-            # Channels-last maps make every map ↔ token reshape in the blocks a free view.
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.time_embedding(timesteps, x.dtype)
         context = self.encoder_hid_proj(context)

@@ -14,6 +14,8 @@ import yaml
 from moebius.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the released pipelines' VAE (SDXL's AutoencoderKL config), for benchmarks on random weights
+SDXL_VAE_CONFIG = CONFIG_DIR / "sdxl_vae_config.json"
 
 # model_type -> (module, config class, network class)
 FAMILIES: dict[str, tuple[str, str, str]] = {

@@ -186,6 +186,7 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == x.dtype
         and not (torch.is_autocast_enabled("cpu") and x.dtype == torch.float32)
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()  # a graph for another runtime knows only the usual ops
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 

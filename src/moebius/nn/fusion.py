@@ -5,7 +5,8 @@ maths: the plain one (the formulas as written in the paper, on (B, C, H, W) maps
 and a fast one (token-major layout, fewer copies, cheaper contraction orders).
 The fast path is the default at inference; training always runs the plain path.
 ``set_plain(model, True)`` selects the plain path everywhere, e.g. to measure
-speed-ups against it or to debug.
+speed-ups against it or to debug. ``set_export(model, True)`` makes the fast path take the
+export forms where it has them (:mod:`moebius.nn.export_forms`), for tracing into ONNX.
 """
 
 import torch
@@ -37,6 +38,14 @@ def set_plain(model: nn.Module, plain: bool = True) -> nn.Module:
     for module in model.modules():
         if hasattr(module, "plain"):
             module.plain = plain
+    return model
+
+
+def set_export(model: nn.Module, export: bool = True) -> nn.Module:
+    """Select the export forms (``True``) or the eager fast path in every sub-module."""
+    for module in model.modules():
+        if hasattr(module, "export"):
+            module.export = export
     return model
 
 

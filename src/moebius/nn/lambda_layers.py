@@ -19,8 +19,12 @@ keeps positions outermost so every per-position contraction is a batched matrix
 product over contiguous or simply strided memory, and contracts the queries with
 the positional weights first: with the r×r kernel bank for the local layer, with
 the position table for the interactive one (n·h·k·m + n·h·m·v instead of
-n·m·k·v + n·h·k·v multiply-adds).
+n·m·k·v + n·h·k·v multiply-adds). With ``export`` set (:func:`moebius.nn.fusion.set_export`),
+``forward_tokens`` takes the export forms of :mod:`moebius.nn.export_forms` for the two
+pieces that do not trace (Local-λ's neighbourhoods, Interactive-λ's table resampling).
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +32,7 @@ from torch import nn
 
 from moebius.errors import ConfigError
 from moebius.nn.engines import window_contraction
+from moebius.nn.export_forms import local_positional, position_table
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
 from moebius.nn.kernels import WindowContraction
 
@@ -91,6 +96,7 @@ class LocalLambda(nn.Module):
         r = receptive_field
         self.pos_conv = nn.Conv3d(1, self.dim_k, (1, r, r), padding=(0, r // 2, r // 2))
         self.plain = False
+        self.export = False
 
     def positional_lambdas(self, v: torch.Tensor) -> torch.Tensor:
         """(B, v, H, W) values → (B, v, k, H·W): E_i ∗ V_j for every key index i."""
@@ -128,6 +134,11 @@ class LocalLambda(nn.Module):
 
         # λc and the kernel bank's bias act the same at every position: one k×v matrix.
         shared = torch.bmm(k.transpose(1, 2), v) + self.pos_conv.bias[None, :, None]
+        if self.export:
+            y = torch.bmm(q.reshape(b, n * self.heads, self.dim_k), shared)
+            kernel = self.pos_conv.weight.reshape(self.dim_k, r, r)
+            positional = local_positional(q, v, kernel, self.heads, size)
+            return y.reshape(b, n, -1) + positional
         # Work on a grid 2·pad columns wider than the image, so that the r×r neighbourhood
         # row dy of every position n' = y·(W + 2·pad) + x is the contiguous (r, v) block at
         # row n' + dy·(W + 2·pad) of the padded values: each dy is one batched GEMM, with no
@@ -194,7 +205,9 @@ class InteractiveLambda(nn.Module):
         self.to_v = nn.Linear(context_dim, self.dim_v, bias=False)
         self.norm_q = nn.BatchNorm2d(self.dim_k * heads)
         self.norm_v = nn.BatchNorm1d(self.dim_v)
+        self.side = math.isqrt(positions)  # the table's grid side, when it is square
         self.plain = False
+        self.export = False
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape
@@ -224,7 +237,10 @@ class InteractiveLambda(nn.Module):
         v = norm_tokens(self.to_v(context), self.norm_v)  # (B, m, v)
 
         content_lambda = torch.bmm(k.transpose(1, 2), v)  # (B, k, v)
-        table = resample_position_table(self.rel_pos_emb, size).squeeze(-1)  # (n, m, k)
+        if self.export:
+            table = position_table(self.rel_pos_emb, self.side, size)  # (n, m, k)
+        else:
+            table = resample_position_table(self.rel_pos_emb, size).squeeze(-1)
         heads_q = q.reshape(b, n, self.heads, self.dim_k)
         # Per image, so that the table is not expanded over the batch (a copy).
         weights = torch.stack([torch.bmm(one, table.transpose(1, 2)) for one in heads_q])
