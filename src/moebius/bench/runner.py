@@ -294,6 +294,7 @@ class Benchmark:
             "total_s": timings["total"],
             "vae_s": timings["encode"] + timings["decode"],
             "vae_share": (timings["encode"] + timings["decode"]) / timings["total"],
+            "warmed_up": subject.runtime is not None or bool(self.settings.warmup),
         }
 
     def vae(self, size: tuple[int, int]) -> dict:

@@ -237,13 +237,15 @@ class InteractiveLambda(nn.Module):
         v = norm_tokens(self.to_v(context), self.norm_v)  # (B, m, v)
 
         content_lambda = torch.bmm(k.transpose(1, 2), v)  # (B, k, v)
+        heads_q = q.reshape(b, n, self.heads, self.dim_k)
         if self.export:
             table = position_table(self.rel_pos_emb, self.side, size)  # (n, m, k)
+            # One product for any batch: a graph traced from a per-image loop fixes the batch.
+            weights = torch.matmul(heads_q, table.transpose(1, 2))  # (B, n, heads, m)
         else:
             table = resample_position_table(self.rel_pos_emb, size).squeeze(-1)
-        heads_q = q.reshape(b, n, self.heads, self.dim_k)
-        # Per image, so that the table is not expanded over the batch (a copy).
-        weights = torch.stack([torch.bmm(one, table.transpose(1, 2)) for one in heads_q])
+            # Per image, so that the table is not expanded over the batch (a copy).
+            weights = torch.stack([torch.bmm(one, table.transpose(1, 2)) for one in heads_q])
         y = torch.baddbmm(
             torch.bmm(q.reshape(b, n * self.heads, self.dim_k), content_lambda),
             weights.reshape(b, n * self.heads, -1),
