@@ -90,6 +90,35 @@ def test_dpm_solver_matches_diffusers(steps, strength):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-3)
 
 
+def test_v_prediction_samples_as_diffusers_does_and_its_target_implies_the_noise():
+    schedule = NoiseSchedule(prediction_type="v_prediction")
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0, 500, 999])
+    reference = DDIMScheduler.from_config(diffusers_ddim().config, prediction_type="v_prediction")
+    target = schedule.target(x0, noise, t)
+    torch.testing.assert_close(target, reference.get_velocity(x0, noise, t))
+    noisy = schedule.add_noise(x0, noise, t)
+    torch.testing.assert_close(schedule.epsilon(noisy, target, t), noise, rtol=1e-4, atol=1e-4)
+    assert NoiseSchedule().target(x0, noise, t) is noise
+
+    dpm = DPMSolverMultistepScheduler.from_config(
+        reference.config, algorithm_type="dpmsolver++", solver_order=2
+    )
+    for theirs_scheduler, ours_sampler in (
+        (reference, DDIMSampler(schedule, 10)),
+        (dpm, DPMSolverSampler(schedule, 10)),
+    ):
+        theirs_scheduler.set_timesteps(10)
+        generator = torch.Generator().manual_seed(0)
+        theirs = torch.randn(2, 4, 8, 8, generator=generator)
+        ours = theirs.clone()
+        for index, step_t in enumerate(theirs_scheduler.timesteps):
+            v = torch.randn(2, 4, 8, 8, generator=generator)
+            theirs = theirs_scheduler.step(v, step_t, theirs).prev_sample
+            ours = ours_sampler.step(v, index, ours)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
 def test_guidance_and_initial_latents():
     eps = torch.stack([torch.zeros(4, 2, 2), torch.ones(4, 2, 2)])  # (uncond; cond)
     assert torch.equal(guided(eps, 2.5), torch.full((1, 4, 2, 2), 2.5))
@@ -147,7 +176,7 @@ def test_scheduler_config_round_trip_and_refusals(tmp_path):
     reference.set_timesteps(10)
     assert DDIMSampler(schedule, 10).timesteps == reference.timesteps.tolist()
     for bad in (
-        {"prediction_type": "v_prediction"},
+        {"prediction_type": "sample"},
         {"clip_sample": True},
         {"beta_schedule": "cosine"},
     ):

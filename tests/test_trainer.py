@@ -337,3 +337,42 @@ def test_a_diffusers_unet_can_teach_through_the_adapter(assets, tmp_path):
     trainer = Distiller(config, teacher=teacher, progress=False)
     assert trainer.module.adapter.proj.out_channels == 64  # student 32 → mid block 64
     assert np.isfinite(trainer.train()["coarse"])
+
+
+def test_v_prediction_trains_on_v_and_saves_the_schedule_that_samples_it(assets, tmp_path):
+    from moebius.sampling import NoiseSchedule
+
+    config = make_config(
+        assets,
+        tmp_path,
+        teacher=None,
+        distill={"kd": False, "prediction_type": "v_prediction", "perceptual": "none"},
+        train={"max_steps": 1},
+    )
+    config.teacher = "pixelhacker"
+    trainer = Distiller(config, progress=False)
+    batch = next(iter(trainer._loader(0, 1)))
+    state = trainer.generator.get_state()
+    x, t, ids, noise, x0 = trainer._inputs(batch)
+    trainer.generator.set_state(state)
+    with torch.no_grad():
+        output, _ = copy.deepcopy(trainer.module)(x, t, ids)
+    v = NoiseSchedule(prediction_type="v_prediction").target(x0, noise, t)
+    metrics = trainer.train()
+    assert metrics["task"] == pytest.approx(F.mse_loss(output, v).item(), rel=1e-5)
+    assert metrics["task"] != pytest.approx(F.mse_loss(output, noise).item(), rel=1e-3)
+    assert NoiseSchedule.load(tmp_path / "final").prediction_type == "v_prediction"
+
+
+def test_a_near_identity_start_is_applied_only_when_asked(assets, tmp_path):
+    from moebius.errors import ConfigError
+
+    def first_proj_out(init):
+        config = make_config(assets, tmp_path / init, student_init=init, distill={"kd": False})
+        student = Distiller(config, progress=False).student
+        return next(m.proj_out.weight for m in student.modules() if hasattr(m, "proj_out"))
+
+    assert first_proj_out("authors").abs().sum() > 0
+    assert not first_proj_out("near-identity").any()
+    with pytest.raises(ConfigError, match="student_init"):
+        first_proj_out("zeros")

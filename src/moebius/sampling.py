@@ -29,6 +29,7 @@ from moebius.settings import SchedulerKind
 
 SCHEDULER_CONFIG = "scheduler_config.json"
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def _float32_linspace(start: float, end: float, count: int) -> np.ndarray:
@@ -89,9 +90,10 @@ class NoiseSchedule:
     def __post_init__(self):
         if self.beta_schedule not in ("scaled_linear", "linear"):
             raise ConfigError(f"unsupported beta_schedule {self.beta_schedule!r}")
-        if self.prediction_type != "epsilon":
+        if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(
-                f"unsupported prediction_type {self.prediction_type!r}: the models predict noise"
+                f"unsupported prediction_type {self.prediction_type!r}"
+                f" (one of {', '.join(PREDICTION_TYPES)})"
             )
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ConfigError(f"unsupported timestep_spacing {self.timestep_spacing!r}")
@@ -127,6 +129,29 @@ class NoiseSchedule:
         a = self.alphas_cumprod[_timestep_values(t)]
         one = np.float32(1)
         return (x_t - _coefficient(one - a, eps, root=True) * eps) / _coefficient(a, eps, root=True)
+
+    def epsilon(self, x_t, output, t):
+        """The noise implied by a network output of this schedule's ``prediction_type``:
+        the output itself for ε-prediction; √ᾱ_t·v + √(1−ᾱ_t)·x_t for v-prediction."""
+        if self.prediction_type == "epsilon":
+            return output
+        a = self.alphas_cumprod[_timestep_values(t)]
+        one = np.float32(1)
+        return (
+            _coefficient(a, output, root=True) * output
+            + _coefficient(one - a, x_t, root=True) * x_t
+        )
+
+    def target(self, x0, noise, t):
+        """What the network is trained to output: ε, or v = √ᾱ_t·ε − √(1−ᾱ_t)·x0. Near pure
+        noise v is about −x0, so an error in v moves the implied clean latent by as much;
+        an error in ε moves it √((1−ᾱ)/ᾱ) times as much (×14 at t = 950), which a small
+        network trained briefly cannot afford."""
+        if self.prediction_type == "epsilon":
+            return noise
+        a = self.alphas_cumprod[_timestep_values(t)]
+        one = np.float32(1)
+        return _coefficient(a, noise, root=True) * noise - _coefficient(one - a, x0, root=True) * x0
 
     def timesteps(self, steps: int) -> np.ndarray:
         """``steps`` decreasing training timesteps, placed by ``timestep_spacing``."""
@@ -177,8 +202,9 @@ class DDIMSampler:
         every = schedule.timesteps(steps)
         self.timesteps = [int(t) for t in every[steps - min(int(steps * strength), steps) :]]
 
-    def step(self, eps, index: int, latents):
+    def step(self, output, index: int, latents):
         t = self.timesteps[index]
+        eps = self.schedule.epsilon(latents, output, t)
         a, a_prev = self.schedule.alpha(t), self.schedule.alpha(t - self.stride)
         # the float32 operations of diffusers' DDIMScheduler, in its order
         one = np.float32(1)
@@ -196,6 +222,7 @@ class DPMSolverSampler:
     ``DPMSolverMultistepScheduler`` does."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int, strength: float = 1.0):
+        self.schedule = schedule
         total = schedule.num_train_timesteps
         every = np.linspace(0, total - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
         ac = schedule.alphas_cumprod.astype(np.float64)
@@ -205,7 +232,8 @@ class DPMSolverSampler:
         self.sigmas = np.append(sigmas, 0.0)[start:]
         self.previous: tuple[Any, float] | None = None  # (x0 prediction, its log-SNR λ)
 
-    def step(self, eps, index: int, latents):
+    def step(self, output, index: int, latents):
+        eps = self.schedule.epsilon(latents, output, self.timesteps[index])
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
         alpha_s, sigma_s = 1 / math.sqrt(sigma**2 + 1), sigma / math.sqrt(sigma**2 + 1)
         x0 = (latents - sigma_s * eps) / alpha_s
@@ -278,8 +306,8 @@ def denoise(
     on_step: Callable[[Step], Any] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ):
-    """Run ``sampler`` from ``latents``: ``predict(latents, t)`` gives the (guided) noise
-    estimate. ``on_step`` sees every finished step and may return replacement latents;
+    """Run ``sampler`` from ``latents``: ``predict(latents, t)`` gives the (guided) network
+    output, of the sampler's schedule's prediction type. ``on_step`` sees every finished step and may return replacement latents;
     ``cancelled`` is asked before each step and stops the loop with :class:`Cancelled`."""
     count = len(sampler.timesteps)
     for index, t in enumerate(sampler.timesteps):

@@ -58,6 +58,9 @@ class DistillConfig:
     perceptual: str = "auto"  # auto | elatentlpips | multiscale | none
     noise_offset: float = NOISE_OFFSET
     timesteps: str = "lognorm"  # lognorm (the authors') | uniform (training from scratch)
+    # epsilon (the authors') | v_prediction (small networks trained from scratch); a KD
+    # teacher must predict the same; saved with the model as its scheduler config
+    prediction_type: str = "epsilon"
     output_param: str = "diff_model.conv_out.conv_pw.weight"
     feature_param: str | None = None  # None: proj_out of the last transformer of the deepest level
 
@@ -102,6 +105,9 @@ class RunConfig:
 class TrainConfig:
     student: Any = "moebius-0.2b"  # preset, YAML/config.json path or dict
     student_checkpoint: str | None = None  # initial weights; None = random
+    # random start: "authors" (their initialisation) | "near-identity" (for narrow students
+    # trained from scratch: moebius.nn.initialisation.start_near_identity)
+    student_init: str = "authors"
     teacher: Any = "pixelhacker"  # preset / config path, or a save_pretrained directory
     teacher_checkpoint: str | None = None
     vae: str | None = None  # diffusers AutoencoderKL directory; None only with a cache

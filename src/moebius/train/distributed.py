@@ -9,42 +9,26 @@ global statistics makes a ``world × b`` run match a single process with batch `
 """
 
 import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+from moebius.distributed import World
 
 
-def init_distributed() -> DistInfo:
+def init_distributed() -> World:
     """Join the process group described by torchrun's environment (no-op for one process);
-    inconsistent variables are one-line errors (:meth:`moebius.distributed.World.from_env`)."""
-    from moebius.distributed import World
-
+    inconsistent variables are one-line errors (:meth:`moebius.distributed.World.from_env`).
+    The group stays joined for the life of the process: a trainer's collectives run until it
+    exits."""
     world = World.from_env()
-    if world.size == 1:
-        return DistInfo()
-    if not dist.is_initialized():
+    if world.size > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group(backend)
-    return DistInfo(world.rank, world.size, world.local_rank)
+    return world
 
 
 def average_across_ranks(tensor: torch.Tensor) -> torch.Tensor:

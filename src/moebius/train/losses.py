@@ -132,7 +132,7 @@ class LossTerms:
 
 def loss_terms(
     student_eps: torch.Tensor,
-    noise: torch.Tensor,
+    target: torch.Tensor,
     teacher_eps: torch.Tensor | None = None,
     student_feature: torch.Tensor | None = None,
     teacher_feature: torch.Tensor | None = None,
@@ -141,9 +141,10 @@ def loss_terms(
     perceptual: nn.Module | None = None,
 ) -> LossTerms:
     """The four losses in float32 (float64 runs stay float64); the optional ones are None
-    when their inputs are."""
+    when their inputs are. ``student_eps`` and ``teacher_eps`` are network outputs and
+    ``target`` the task target, all of one prediction type (ε unless trained otherwise)."""
     student_eps = full_precision(student_eps)
-    terms = LossTerms(task=F.mse_loss(student_eps, full_precision(noise)))
+    terms = LossTerms(task=F.mse_loss(student_eps, full_precision(target)))
     if teacher_eps is not None:
         terms.fine = F.mse_loss(student_eps, full_precision(teacher_eps))
     if student_feature is not None and teacher_feature is not None:

@@ -31,10 +31,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from moebius.distributed import World
 from moebius.errors import ConfigError, InputError
 from moebius.files import atomic_write
 from moebius.models.kd_pairs import coarse_kd_blocks
 from moebius.models.lcg import category_ids
+from moebius.nn.initialisation import STUDENT_INITS, start_near_identity
 from moebius.sampling import NoiseSchedule
 from moebius.train.config import TrainConfig
 from moebius.train.data import (
@@ -45,7 +47,6 @@ from moebius.train.data import (
     read_records,
 )
 from moebius.train.distributed import (
-    DistInfo,
     average_across_ranks,
     convert_sync_batchnorm,
     init_distributed,
@@ -184,7 +185,7 @@ class Distiller:
         progress: bool = True,
     ):
         self.config = config
-        self.dist: DistInfo = init_distributed()
+        self.dist: World = init_distributed()
         self.device = (
             torch.device("cuda", self.dist.local_rank)
             if torch.cuda.is_available()
@@ -238,7 +239,7 @@ class Distiller:
             DistributedDataParallel(
                 self.module, device_ids=None if self.device.type == "cpu" else [self.device.index]
             )
-            if self.dist.enabled
+            if self.dist.size > 1
             else self.module
         )
         self.output_param = self.feature_param = None  # the gradient-norm probes (KD only)
@@ -252,7 +253,7 @@ class Distiller:
             if run.ema_decay
             else None
         )
-        self.schedule = NoiseSchedule()
+        self.schedule = NoiseSchedule(prediction_type=config.distill.prediction_type)
         if config.distill.timesteps not in TIMESTEP_SAMPLERS:
             raise ConfigError(
                 f"distill.timesteps must be one of {sorted(TIMESTEP_SAMPLERS)}, "
@@ -270,9 +271,16 @@ class Distiller:
         from moebius.models.api import build_model, load_model
 
         cfg = self.config
+        if cfg.student_init not in STUDENT_INITS:
+            raise ConfigError(
+                f"student_init must be one of {', '.join(STUDENT_INITS)}, got {cfg.student_init!r}"
+            )
         if cfg.student_checkpoint:
             return load_model(cfg.student, cfg.student_checkpoint).train()
-        return build_model(cfg.student, image_size=cfg.image_size)
+        student = build_model(cfg.student, image_size=cfg.image_size)
+        if cfg.student_init == "near-identity":
+            start_near_identity(student)
+        return student
 
     def _build_teacher(self) -> nn.Module:
         from moebius.models.api import from_pretrained, load_model
@@ -406,7 +414,7 @@ class Distiller:
         sampler = StepBatchSampler(
             len(self.dataset),
             self.config.train.batch_size,
-            self.dist.world_size,
+            self.dist.size,
             self.dist.rank,
             self.config.seed,
             start_micro,
@@ -427,7 +435,7 @@ class Distiller:
         """Draw for the global batch, keep this rank's slice (identical to a 1-process run)."""
         b = shape[0]
         full = torch.randn(
-            (b * self.dist.world_size, *shape[1:]), generator=self.generator, dtype=self.dtype
+            (b * self.dist.size, *shape[1:]), generator=self.generator, dtype=self.dtype
         )
         return full[self.dist.rank * b : (self.dist.rank + 1) * b].to(self.device)
 
@@ -478,11 +486,13 @@ class Distiller:
             teacher_eps, teacher_feature = out.sample, out.block_outputs[self.teacher_block]
         x0_student = None
         if self.perceptual is not None:
-            x0_student = self.schedule.predict_x0(x[:, :4], full_precision(eps), t)
+            implied_noise = self.schedule.epsilon(x[:, :4], full_precision(eps), t)
+            x0_student = self.schedule.predict_x0(x[:, :4], implied_noise, t)
+        target = self.schedule.target(x0, noise, t)
         terms = loss_terms(
-            eps, noise, teacher_eps, feature, teacher_feature, x0_student, x0, self.perceptual
+            eps, target, teacher_eps, feature, teacher_feature, x0_student, x0, self.perceptual
         )
-        reduce = average_across_ranks if self.dist.enabled else None
+        reduce = average_across_ranks if self.dist.size > 1 else None
         weights = (
             adaptive_weights(terms, self.output_param, self.feature_param, reduce)
             if self.kd
@@ -549,7 +559,7 @@ class Distiller:
         try:
             for micro, batch in enumerate(loader):
                 final = (micro + 1) % accum == 0
-                skip_sync = self.dist.enabled and not final  # accumulate locally, reduce once
+                skip_sync = self.dist.size > 1 and not final  # accumulate locally, reduce once
                 sync = self.model.no_sync() if skip_sync else contextlib.nullcontext()
                 with sync:
                     logged = self.micro_step(batch, 1.0 / accum)
@@ -586,15 +596,13 @@ class Distiller:
             "ema": self.ema,
             "generator": self.generator.get_state(),
             "global_batch": self.config.train.batch_size
-            * self.dist.world_size
+            * self.dist.size
             * self.config.train.grad_accum,
             "config": self.config.to_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        global_batch = (
-            self.config.train.batch_size * self.dist.world_size * self.config.train.grad_accum
-        )
+        global_batch = self.config.train.batch_size * self.dist.size * self.config.train.grad_accum
         if state["global_batch"] != global_batch:
             raise ConfigError(
                 f"the checkpoint was trained with global batch {state['global_batch']}, this run "
@@ -631,7 +639,7 @@ class Distiller:
             old = sorted(self.checkpoint_dir().glob("step_*.pt"))[:-keep] if keep > 0 else []
             for stale in old:
                 stale.unlink(missing_ok=True)
-        if self.dist.enabled:
+        if self.dist.size > 1:
             dist.barrier()
         return path
 
@@ -646,16 +654,19 @@ class Distiller:
 
     def export(self) -> None:
         """``final/`` (and ``final_ema/``) as save_pretrained directories, loadable by
-        ``moebius.from_pretrained``."""
+        ``moebius.from_pretrained``, each with the scheduler config it was trained for (which
+        says what the network predicts)."""
         if not self.dist.is_main:
             return
         from moebius.models.checkpoint import save_pretrained
 
         save_pretrained(self.student, self.output_dir / "final")
+        self.schedule.save(self.output_dir / "final")
         if self.ema is not None:
             current = {k: v.clone() for k, v in self.student.state_dict().items()}
             self.student.load_state_dict(self.ema)
             save_pretrained(self.student, self.output_dir / "final_ema")
+            self.schedule.save(self.output_dir / "final_ema")
             self.student.load_state_dict(current)
 
     # ----------------------------------------------------------------- samples
@@ -691,7 +702,7 @@ class Distiller:
             self.student.load_state_dict(self.ema)
         self.student.eval()
         try:
-            pipe = MoebiusInpaintPipeline(self.student, self.vae)
+            pipe = MoebiusInpaintPipeline(self.student, self.vae, self.schedule)
             pipe.set_progress_bar_config(disable=True)
             results = pipe(
                 [Image.fromarray(o) for o in originals],
