@@ -390,6 +390,12 @@ def _vae_notes(vae: dict | None) -> list[str]:
             f"{e['tiled_decode']['psnr_db']:.1f} dB (max {e['tiled_decode']['max_abs']}/255, at "
             "the seams; tiles are used above 1024 px)."
         )
+        if "tiled_decode_plain" in e:
+            lines[-1] += (
+                " Each tile normalises with the whole image's GroupNorm statistics; with its own"
+                f" (diffusers' tiling) the same decode is {e['tiled_decode_plain']['psnr_db']:.1f}"
+                f" dB (max {e['tiled_decode_plain']['max_abs']}/255)."
+            )
     return lines
 
 

@@ -385,10 +385,14 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         return self
 
     def enable_vae_tiling(self, tile_size: int = VAE_TILE_SIZE) -> None:
-        """Encode/decode inputs larger than ``tile_size`` pixels in overlapping tiles."""
+        """Encode/decode inputs larger than ``tile_size`` pixels in overlapping tiles, whose
+        GroupNorms use the whole image's statistics (:mod:`moebius.vae_tiling`)."""
+        from moebius.vae_tiling import share_statistics_across_tiles
+
         self.vae.enable_tiling()
         self.vae.tile_sample_min_size = tile_size
         self.vae.tile_latent_min_size = tile_size // self.vae_scale_factor
+        share_statistics_across_tiles(self.vae)
 
     def enable_vae_slicing(self) -> None:
         """Run the VAE one image at a time inside a batch (less peak memory)."""

@@ -324,6 +324,12 @@ def _vae_lines(vae: dict | None) -> list[str]:
             f"- decoding in {e['tile']} px tiles: PSNR {e['tiled_decode']['psnr_db']:.1f} dB "
             f"against decoding whole, max |Δ| {e['tiled_decode']['max_abs']}/255 (the seams)",
         ]
+        if "tiled_decode_plain" in e:
+            plain = e["tiled_decode_plain"]
+            lines[-1] += (
+                f"; diffusers' tiles with per-tile GroupNorm statistics: {plain['psnr_db']:.1f}"
+                f" dB, max |Δ| {plain['max_abs']}/255"
+            )
     return lines
 
 

@@ -74,7 +74,11 @@ def decoded_difference(
 def errors(size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> dict:
     """The demo VAE on a photo: its ``dtype`` encoder against float32 (mean |Δ| of the latent
     means), its ``dtype`` decoder against float32, and decoding in tiles of half the size
-    (diffusers' tiling: tiles blended over a quarter of their side) against decoding whole."""
+    against decoding whole: diffusers' tiling (tiles blended over a quarter of their side) as
+    it is, and with whole-image GroupNorm statistics as the pipeline runs it
+    (:mod:`moebius.vae_tiling`)."""
+    from moebius.vae_tiling import share_statistics_across_tiles
+
     vae = demo_vae(device)
     low = _cast(vae, dtype)
     pixels = photo(size, device)
@@ -87,6 +91,8 @@ def errors(size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> d
         vae.enable_tiling()
         vae.tile_sample_min_size = tile
         vae.tile_latent_min_size = tile // 8
+        plain_tiles = vae.decode(latents).sample
+        share_statistics_across_tiles(vae)
         tiled = vae.decode(latents).sample
     return {
         "vae": "moebius-demo (trained, 32–128 channels)",
@@ -97,6 +103,7 @@ def errors(size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> d
         "decode": _compare(whole, decoded_low),
         "tile": tile,
         "tiled_decode": _compare(whole, tiled),
+        "tiled_decode_plain": _compare(whole, plain_tiles),
     }
 
 
