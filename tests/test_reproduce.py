@@ -42,6 +42,7 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
         bootstrap=20,
         docs=str(tmp_path / "docs"),
         bundle=str(tmp_path / "demo"),
+        jobs=2,  # the two students in two processes
     )
     assert run(cfg, until="data")["heldout_photos"] == 2
     licences = (tmp_path / "docs" / "training_photos.md").read_text()
@@ -70,6 +71,8 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert json.loads((tmp_path / "demo" / "pipeline.json").read_text())["model"] == "model"
     config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
     assert config["sample_size"] == cfg.eval_size // 8
+    scheduler = json.loads((tmp_path / "demo" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"  # what its networks were trained on
     Image.new("RGB", (96, 64), (90, 120, 200)).save(tmp_path / "photo.png")
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (30, 20, 60, 44))

@@ -2,6 +2,8 @@
 
 import argparse
 
+from moebius.errors import InputError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -68,6 +70,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch CPU threads (default: torch's choice; 1 is fastest for these "
         "small models when the machine is busy)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train this many students at once, in separate processes that share the "
+        "threads (default: 1; on 2 cores, --jobs 2 with 2 threads trains two students on one "
+        "core each)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -79,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     cfg = RecipeConfig(
         out=args.out,
         photos=args.photos,
@@ -87,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         docs=args.docs,
         bundle=args.bundle,
+        jobs=args.jobs,
     )
     result = run_recipe(cfg, until=args.until)
     if args.until != "eval":

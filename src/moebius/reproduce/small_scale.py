@@ -99,6 +99,7 @@ class RecipeConfig:
     prediction_type: str = "v_prediction"
     foreground_prob: float = 0.5
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    jobs: int = 1  # students trained at once, in separate processes
     eval_size: int = 512  # the demo's working resolution
     sample_steps: int = 20
     guidance: float = 2.5
@@ -372,20 +373,36 @@ def student_runs(cfg: RecipeConfig) -> list[tuple[str, bool, int]]:
     ]
 
 
-def stage_students(cfg: RecipeConfig, out: Path) -> dict:
+def _train_student(cfg: RecipeConfig, out: Path, name: str, kd: bool, seed: int) -> dict:
     steps = cfg.steps(cfg.student_steps)
     teacher = str(out / "teacher" / "final")
-    results = {}
-    for name, kd, seed in student_runs(cfg):
-        if (done := _stage_done(out / name)) is None:
-            config = _train_config(
-                cfg, out, name, STUDENT_CONFIG, steps, seed, kd, teacher, cfg.student_lr
-            )
-            done = _finish_stage(
-                out / name, {"steps": steps, "kd": kd, "seed": seed, "seconds": _train(config)}
-            )
-        results[name] = done
-    return results
+    config = _train_config(cfg, out, name, STUDENT_CONFIG, steps, seed, kd, teacher, cfg.student_lr)
+    return _finish_stage(
+        out / name, {"steps": steps, "kd": kd, "seed": seed, "seconds": _train(config)}
+    )
+
+
+def _train_student_in_worker(job: tuple) -> None:
+    cfg, out, name, kd, seed, threads = job
+    torch.set_num_threads(threads)
+    _train_student(cfg, out, name, kd, seed)
+
+
+def stage_students(cfg: RecipeConfig, out: Path) -> dict:
+    pending = [run for run in student_runs(cfg) if _stage_done(out / run[0]) is None]
+    if cfg.jobs > 1 and len(pending) > 1:
+        # Separate processes, each with its share of the threads: these small networks use
+        # one core far better than they share two. Each run resumes on its own as before.
+        import multiprocessing
+
+        threads = max(1, torch.get_num_threads() // cfg.jobs)
+        jobs = [(cfg, out, name, kd, seed, threads) for name, kd, seed in pending]
+        with multiprocessing.get_context("spawn").Pool(min(cfg.jobs, len(jobs))) as pool:
+            pool.map(_train_student_in_worker, jobs, chunksize=1)
+    else:
+        for name, kd, seed in pending:
+            _train_student(cfg, out, name, kd, seed)
+    return {name: _stage_done(out / name) for name, _, _ in student_runs(cfg)}
 
 
 # ---------------------------------------------------------------------------- evaluation
