@@ -628,6 +628,19 @@ def test_openapi_documents_every_response(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_api_docs_load_nothing_from_the_internet(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text
+    assets = re.findall(r"""(?:src|href)=['"](/docs-assets/[^'"]+)""", page.text)
+    assert len(assets) == 3  # the script, the style sheet and the icon
+    for url in assets:
+        assert client.get(url).status_code == 200 and client.get(url).content
+    assert client.get("/docs-assets/index.html").status_code == 404
+
+
 def test_ui_is_served_from_the_package(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -135,6 +135,7 @@ def create_app(
         "ones), 400 `bad_host` (a loopback server named by another host name) or 413 "
         "`too_large` (over --max-upload-mb).",
         lifespan=lifespan,
+        docs_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
@@ -164,5 +165,46 @@ def create_app(
     async def static_file(name: str) -> Response:
         return static_response(name)
 
+    _add_api_docs(app)
     app.include_router(api.router)
     return app
+
+
+# Swagger UI's files that /docs needs, from the fastapi-offline package when it is installed
+# (the serve extra installs it), so the API docs work without the internet.
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
+
+
+def _add_api_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI over ``/openapi.json``, its scripts served by this server when
+    fastapi-offline is installed, else (FastAPI's default) from a CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        import fastapi_offline
+    except ImportError:
+        fastapi_offline = None
+
+    urls = {}
+    if fastapi_offline is not None:
+        folder = Path(fastapi_offline.__file__).parent / "static"
+        urls = {
+            "swagger_js_url": "/docs-assets/swagger-ui-bundle.js",
+            "swagger_css_url": "/docs-assets/swagger-ui.css",
+            "swagger_favicon_url": "/docs-assets/favicon.png",
+        }
+
+        @app.get("/docs-assets/{name}", include_in_schema=False)
+        async def docs_asset(name: str) -> Response:
+            if name not in DOCS_ASSETS:
+                raise ApiError(404, "not_found", f"no such file: {name}")
+            body = await run_sync((folder / name).read_bytes)
+            return Response(body, media_type=DOCS_ASSETS[name])
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> Response:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="moebius API", **urls)
