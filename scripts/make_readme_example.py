@@ -3,9 +3,8 @@
     python scripts/make_readme_example.py
 
 Runs the real CLI (`moebius inpaint … --model moebius-demo`) on scikit-image's public-domain
-`rocket` photo (held out from the demo model's training) with a box mask. Guidance 1.0:
-the demo was trained on "background" records only, so its "foreground" branch, which CFG
-extrapolates away from, is untrained.
+`rocket` photo (held out from the demo model's training) with a box mask, at the default
+settings.
 """
 
 import subprocess
