@@ -22,6 +22,7 @@ from moebius.compositing import crop_box
 from moebius.errors import CheckpointError, InputError
 from moebius.pipeline import MoebiusInpaintPipeline
 from moebius.sampling import Cancelled
+from moebius.settings import InpaintSettings
 
 CONFIG_DIR = Path(moebius.__file__).parent / "configs"
 
@@ -55,13 +56,15 @@ def reference_inpaint(
     strength: float,
     noise_offset: float,
     dilation: int = 0,
+    prefill: str = "none",
     uncond_ids=tuple(range(10, 20)),
     cond_ids=tuple(range(0, 10)),
     size: int = 64,
 ):
     """The authors' algorithm written out once: binarise, Lanczos-resize, dilate (the dilated
     mask is the hole and the paste-back weight), encode posterior samples, DDIM with CFG,
-    decode, resize back, blend with a radius-3 Gaussian of the dilated mask. ``vae`` is a plain
+    decode, resize back, blend with a radius-3 Gaussian of the dilated mask; a ``prefill`` fills
+    the hole of the encoded image with OpenCV (radius 3) first. ``vae`` is a plain
     diffusers one (the pipeline puts its own on this package's kernels, which may change a
     tensor's memory layout, and the ``randn_like`` here follows layouts)."""
     torch.manual_seed(0)
@@ -77,7 +80,11 @@ def reference_inpaint(
     if dilation:
         small_mask = cv2.dilate(small_mask, np.ones((dilation, dilation), np.uint8), iterations=1)
 
-    x = torch.tensor(np.asarray(small_image) / 255.0 * 2 - 1).permute(2, 0, 1)[None].float()
+    pixels = np.asarray(small_image)
+    if prefill != "none":
+        flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[prefill]
+        pixels = cv2.inpaint(pixels, (small_mask >= 128).astype(np.uint8), 3, flag)
+    x = torch.tensor(pixels / 255.0 * 2 - 1).permute(2, 0, 1)[None].float()
     m = torch.tensor(small_mask / 255.0)[None, None].float()
     m = torch.where(m >= 0.5, 1, 0)
     masked = x * (1 - m)
@@ -138,19 +145,21 @@ def run_pipeline(pipe, image, mask, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "width, height, latent, steps, strength, guidance, dilation",
+    "width, height, latent, steps, strength, guidance, dilation, prefill",
     [
-        (64, 64, (8, 8), 6, 0.99, 2.5, 0),  # native size, the authors' defaults (pure noise start)
-        (64, 140, (16, 8), 5, 0.6, 2.0, 3),  # portrait, noised start from the image, dilation
+        # native size, the authors' defaults (pure noise start)
+        (64, 64, (8, 8), 6, 0.99, 2.5, 0, "none"),
+        (64, 140, (16, 8), 5, 0.6, 2.0, 3, "none"),  # portrait, noised start from the image
+        (64, 64, (8, 8), 5, 0.4, 1.0, 0, "telea"),  # noised start from a Telea-filled hole
     ],
 )
 def test_pipeline_matches_reference_loop(
-    pipe, width, height, latent, steps, strength, guidance, dilation
+    pipe, width, height, latent, steps, strength, guidance, dilation, prefill
 ):
     image = photo(width, height)
     mask = box_mask(width, height, (10, 12, 40, 50))
     ref_hist, ref_image = reference_inpaint(
-        pipe.model, tiny_vae(), image, mask, steps, guidance, strength, 0.0357, dilation
+        pipe.model, tiny_vae(), image, mask, steps, guidance, strength, 0.0357, dilation, prefill
     )
     hist, out = run_pipeline(
         pipe,
@@ -160,6 +169,7 @@ def test_pipeline_matches_reference_loop(
         guidance_scale=guidance,
         strength=strength,
         mask_dilation=dilation,
+        prefill=prefill,
         generator=0,
     )
     assert len(hist) == len(ref_hist) == min(int(steps * strength), steps)
@@ -177,6 +187,7 @@ def test_pipeline_matches_reference_loop(
         guidance_scale=guidance,
         strength=strength,
         mask_dilation=dilation,
+        prefill=prefill,
     )
     np.testing.assert_array_equal(out_global, ref_image)
 
@@ -351,6 +362,59 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     a = pipe(image, mask, num_inference_steps=3, generator=0, output_type="np").images[0]
     b = loaded(image, mask, num_inference_steps=3, generator=0, output_type="np").images[0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_model_directory_carries_its_own_default_settings(tmp_path):
+    """pipeline.json's "settings" (only those that differ from the official model's) become
+    the loaded pipeline's defaults; a call's keywords still win."""
+    own = MoebiusInpaintPipeline(
+        tiny_model(), tiny_vae(), default_settings=InpaintSettings(strength=0.5, prefill="telea")
+    )
+    own.save_pretrained(tmp_path / "pipe")
+    manifest = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    assert manifest["settings"] == {"strength": 0.5, "prefill": "telea"}
+    loaded = MoebiusInpaintPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    out = loaded(image, mask, num_inference_steps=4, generator=0, output_type="np")
+    assert (out.settings.strength, out.settings.prefill.value) == (0.5, "telea")
+    assert out.settings.steps == 4
+    official = loaded(
+        image, mask, num_inference_steps=4, generator=0, strength=0.99, prefill="none"
+    )
+    reference = MoebiusInpaintPipeline(tiny_model(), tiny_vae())
+    reference.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(
+        np.asarray(official.images[0]),
+        np.asarray(reference(image, mask, num_inference_steps=4, generator=0).images[0]),
+    )
+    assert not np.array_equal(out.images[0], np.asarray(official.images[0]))
+
+
+def test_bad_default_settings_in_a_model_directory_are_one_line_errors(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    manifest_path = tmp_path / "pipe" / "pipeline.json"
+    manifest = json.loads(manifest_path.read_text())
+    for settings, words in (
+        ({"strength": 3}, "strength"),
+        ({"speed": 1}, "unknown"),
+        (5, "object"),
+    ):
+        manifest["settings"] = settings
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(CheckpointError, match=words) as error:
+            MoebiusInpaintPipeline.from_pretrained(tmp_path / "pipe")
+        assert "\n" not in str(error.value)
+
+
+def test_prefill_has_no_effect_from_pure_noise(pipe):
+    """At strength 1 the start is pure noise: what the hole held before encoding is unused."""
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    runs = [
+        pipe(image, mask, num_inference_steps=3, strength=1.0, prefill=p, output_type="np")
+        for p in ("none", "telea")
+    ]
+    np.testing.assert_array_equal(runs[0].images[0], runs[1].images[0])
 
 
 def write_authors_layout(root: Path, model, vae, variant: str = "ft_places2") -> None:

@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from moebius.cli import main as cli_main
-from moebius.reproduce.small_scale import RecipeConfig, at_sample_size, run, stage_data
+from moebius.reproduce.small_scale import (
+    DEMO_ROW,
+    RecipeConfig,
+    at_sample_size,
+    run,
+    stage_data,
+)
 
 
 def _photos(folder, count: int = 5) -> None:
@@ -50,6 +56,7 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     result = run(cfg)
 
     expected = {"teacher", "student-kd-seed0", "student-nokd-seed0", "telea", "navier-stokes"}
+    expected.add(DEMO_ROW)  # the first KD student at the bundle's own settings
     assert set(result["rows"]) == expected
     assert len(result["cases"]) == 2 * 3  # two held-out photos × thin, medium, thick
     for row in result["rows"].values():
@@ -68,7 +75,9 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert (tmp_path / "run" / "eval" / "result.json").stat().st_mtime_ns == stamp
 
     # The bundle is a pipeline directory the CLI can use, built for the evaluation size.
-    assert json.loads((tmp_path / "demo" / "pipeline.json").read_text())["model"] == "model"
+    manifest = json.loads((tmp_path / "demo" / "pipeline.json").read_text())
+    assert manifest["model"] == "model"
+    assert manifest["settings"] == {"guidance": 1.0, "strength": 0.25, "prefill": "telea"}
     config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
     assert config["sample_size"] == cfg.eval_size // 8
     scheduler = json.loads((tmp_path / "demo" / "scheduler" / "scheduler_config.json").read_text())
@@ -87,7 +96,7 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
             "--model-path",
             str(tmp_path / "demo"),
             "--steps",
-            "2",
+            "4",  # one denoising step at the bundle's strength, 0.25
         ]
     )
     assert code == 0 and Image.open(tmp_path / "out.png").size == (96, 64)

@@ -170,6 +170,27 @@ def test_inpaint_multipart_returns_the_pipelines_png(client, pipe):
     assert client.get("/healthz").json()["store"] == {"images": 0, "bytes": 0}
 
 
+def test_a_models_own_defaults_serve_requests_that_leave_settings_out(make_client):
+    own = MoebiusInpaintPipeline(
+        tiny_model(), tiny_vae(), default_settings=InpaintSettings(strength=0.5, prefill="telea")
+    )
+    own.set_progress_bar_config(disable=True)
+    client = make_client(ModelSet.ready_with("own", own))
+    listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    assert listed["own"]["defaults"] == own.default_settings.to_dict()
+    assert listed["opencv-telea"]["defaults"]["strength"] == InpaintSettings().strength
+    accept = {"Accept": "application/json"}
+    answer = client.post("/v1/inpaint", files=files(), data={"steps": "4"}, headers=accept)
+    assert answer.json()["settings"] | {"seed": 0} == (
+        InpaintSettings(steps=4, strength=0.5, prefill="telea").to_dict()
+    )
+    given = client.post(
+        "/v1/inpaint", files=files(), data={"steps": "4", "prefill": "none"}, headers=accept
+    )
+    assert given.json()["settings"]["prefill"] == "none"
+    assert given.json()["settings"]["strength"] == 0.5
+
+
 def test_inpaint_json_both_ways(client):
     settings = {"steps": 3, "seed": 11, "dilation": 5, "paste": "compensate"}
     by_form = client.post(

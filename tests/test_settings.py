@@ -98,6 +98,12 @@ def test_command_line_options_are_derived():
         True,
     )
     assert "(default: 2.5)" in parser.format_help()
+    # options not given take the model's own defaults, given ones win over them
+    own = InpaintSettings(strength=0.25, prefill="telea", guidance=1.0)
+    assert settings_from_args(parser.parse_args([]), own) == own
+    assert settings_from_args(parser.parse_args(["--prefill", "none"]), own) == InpaintSettings(
+        strength=0.25, guidance=1.0
+    )
     subset = argparse.ArgumentParser()
     add_settings_args(subset, ["steps"])
     assert settings_from_args(subset.parse_args(["--steps", "3"])) == InpaintSettings(steps=3)

@@ -6,29 +6,26 @@ is called exactly like :class:`~moebius.pipeline.InpaintPipeline` and shares its
 preparation and paste-back: the same working region (``strategy``, ``image_size``,
 ``crop_padding``), the same dilated hole (``dilation``), the same ``paste`` modes and empty-mask
 warnings. Only the fill differs, so the settings that steer a diffusion model (steps, guidance,
-strength, noise, seed, category, scheduler) have no effect, and the output reports one step.
+strength, prefill, noise, seed, category, scheduler) have no effect, and the output reports one step.
 """
 
 import contextlib
 import time
 from dataclasses import replace
 
-import cv2
 import numpy as np
 
-from moebius.compositing import HOLE_THRESHOLD, Region
+from moebius.compositing import OPENCV_FILLS, Region
 from moebius.errors import InputError
 from moebius.pipeline import InpaintPipeline
 from moebius.sampling import Cancelled, Step
-from moebius.settings import InpaintSettings
+from moebius.settings import InpaintSettings, Prefill
 
-METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+METHODS = tuple(method.value for method in OPENCV_FILLS)
 # the model names under which the CLI and the service offer them
 BASELINES = {f"opencv-{method}": method for method in METHODS}
 # the settings that change a classical fill's result
 SETTINGS_USED = ("strategy", "image_size", "crop_padding", "dilation", "paste", "resize_mask")
-# pixels around each hole pixel that the fill draws from (OpenCV's documented example value)
-INPAINT_RADIUS = 3
 # the official Moebius model's working size: the fills work on the same region it would
 WORKING_SIZE = 512
 
@@ -71,18 +68,7 @@ class OpenCVInpaintPipeline(InpaintPipeline):
         if cancelled is not None and cancelled():
             raise Cancelled("cancelled before the fill")
         clock = time.perf_counter()
-        flag = METHODS[self.method]
-        filled = np.stack(
-            [
-                cv2.inpaint(
-                    region.pixels,
-                    (region.mask_pixels >= HOLE_THRESHOLD).astype(np.uint8),
-                    INPAINT_RADIUS,
-                    flag,
-                )
-                for region in regions
-            ]
-        )
+        filled = np.stack([region.opencv_fill(Prefill(self.method)) for region in regions])
         if timings is not None:
             timings["fill"] = timings.get("fill", 0.0) + time.perf_counter() - clock
         if on_step is not None:

@@ -20,13 +20,14 @@ at its own size: outside the (feathered, dilated) hole every pixel is the origin
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFilter
 
 from moebius.errors import InputError
 from moebius.image_io import to_mask, to_rgb
 from moebius.masks import dilate_mask
-from moebius.settings import InpaintSettings, PasteMode, Strategy
+from moebius.settings import InpaintSettings, PasteMode, Prefill, Strategy
 
 # the authors floor both sides to this after scaling the short side to the working size
 RESIZE_MULTIPLE = 64
@@ -36,6 +37,9 @@ PASTE_BLUR_RADIUS = 3
 COMPENSATE_RING = 10  # pixels the hole's bounding box grows, in height and in width
 COMPENSATE_GAIN = 1.1
 HOLE_THRESHOLD = 128  # mask value from which a working pixel is part of the hole
+OPENCV_FILLS = {Prefill.TELEA: cv2.INPAINT_TELEA, Prefill.NS: cv2.INPAINT_NS}
+# pixels around each hole pixel that OpenCV's fill draws from (its documented example value)
+OPENCV_RADIUS = 3
 
 
 def binarise(mask: Image.Image) -> Image.Image:
@@ -102,11 +106,22 @@ class Region:
             working, hole, (0, 0, *working.size), Strategy.RESIZE, self.pixels, self.mask_pixels
         )
 
-    def model_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def hole(self) -> np.ndarray:
+        """(H, W) uint8, 1 in the hole at working size."""
+        return (self.mask_pixels >= HOLE_THRESHOLD).astype(np.uint8)
+
+    def opencv_fill(self, method: Prefill) -> np.ndarray:
+        """The working pixels with the hole filled by OpenCV's Telea or Navier–Stokes method."""
+        return cv2.inpaint(self.pixels, self.hole, OPENCV_RADIUS, OPENCV_FILLS[method])
+
+    def model_inputs(self, prefill: Prefill = Prefill.NONE) -> tuple[np.ndarray, np.ndarray]:
         """(image in [−1, 1] as (1, 3, H, W), hole as (1, 1, H, W) of 0/1), float32. Float64
-        maths then one cast, as the authors do, so the inputs match theirs bit for bit."""
-        image = (self.pixels / 255.0 * 2 - 1).astype(np.float32).transpose(2, 0, 1)[None]
-        hole = (self.mask_pixels >= HOLE_THRESHOLD).astype(np.float32)[None, None]
+        maths then one cast, as the authors do, so the inputs match theirs bit for bit. With a
+        ``prefill`` the hole of the image holds OpenCV's fill instead of the photo's pixels."""
+        pixels = self.pixels if prefill is Prefill.NONE else self.opencv_fill(prefill)
+        image = (pixels / 255.0 * 2 - 1).astype(np.float32).transpose(2, 0, 1)[None]
+        hole = self.hole.astype(np.float32)[None, None]
         return np.ascontiguousarray(image), hole
 
 

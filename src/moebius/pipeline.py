@@ -37,6 +37,7 @@ CALL_ARGUMENTS = {
     "num_inference_steps": "steps",
     "guidance_scale": "guidance",
     "strength": "strength",
+    "prefill": "prefill",
     "noise_offset": "noise_offset",
     "category": "category",
     "scheduler": "scheduler",
@@ -99,6 +100,9 @@ class InpaintPipeline:
     pixels, draw noise, predict noise and decode latents; everything else happens here."""
 
     schedule: NoiseSchedule
+    # what a call uses where neither ``settings`` nor a keyword says otherwise: the official
+    # model's defaults, or a model directory's own (``pipeline.json``'s "settings")
+    default_settings: InpaintSettings = InpaintSettings()
 
     # ------------------------------------------------------------------ what a backend provides
     @property
@@ -159,15 +163,15 @@ class InpaintPipeline:
 
     # ------------------------------------------------------------------ the call
     def settings_for(self, settings: InpaintSettings | None = None, **overrides) -> InpaintSettings:
-        """``settings`` (default: :class:`InpaintSettings`'s defaults) with the diffusers-style
-        keywords of ``__call__`` applied, validated, the seed made concrete."""
+        """``settings`` (default: :attr:`default_settings`) with the diffusers-style keywords of
+        ``__call__`` applied, validated, the seed made concrete."""
         unknown = sorted(set(overrides) - set(CALL_ARGUMENTS))
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
         changes = {CALL_ARGUMENTS[k]: v for k, v in overrides.items() if v is not None}
         if isinstance(changes.get("paste"), bool):  # diffusers-style paste_back=True/False
             changes["paste"] = PasteMode.BLEND if changes["paste"] else PasteMode.NONE
-        merged = replace(settings or InpaintSettings(), **changes)
+        merged = replace(settings or self.default_settings, **changes)
         return InpaintSettings.from_mapping(merged.to_dict()).with_seed()
 
     def __call__(
@@ -188,8 +192,8 @@ class InpaintPipeline:
         """Inpaint ``image`` where ``mask_image`` is white (≥ 128).
 
         Settings come from ``settings`` (an :class:`~moebius.settings.InpaintSettings`,
-        default: its defaults) and the diffusers-style keywords, which win:
-        ``num_inference_steps``, ``guidance_scale``, ``strength``, ``noise_offset``,
+        default: :attr:`default_settings`) and the diffusers-style keywords, which win:
+        ``num_inference_steps``, ``guidance_scale``, ``strength``, ``prefill``, ``noise_offset``,
         ``category``, ``scheduler``, ``strategy``, ``image_size``, ``crop_padding``,
         ``mask_dilation``, ``paste_back`` (a paste mode, or True/False), ``resize_mask``.
         ``generator``: an int seed or a generator shared by the batch, or one seed or
@@ -309,7 +313,7 @@ class InpaintPipeline:
             timings[phase] = timings.get(phase, 0.0) + now - clock
             clock = now
 
-        inputs = [region.model_inputs() for region in regions]
+        inputs = [region.model_inputs(settings.prefill) for region in regions]
         pixels = np.concatenate([image for image, _ in inputs])
         holes = np.concatenate([hole for _, hole in inputs])
         sampler = make_sampler(settings.scheduler, self.schedule, settings.steps, settings.strength)
@@ -339,12 +343,20 @@ class MoebiusInpaintPipeline(InpaintPipeline):
     :mod:`moebius.nn.adopt`) and ``schedule`` (the training noise schedule,
     :class:`~moebius.sampling.NoiseSchedule`)."""
 
-    def __init__(self, model, vae, schedule: NoiseSchedule | None = None):
+    def __init__(
+        self,
+        model,
+        vae,
+        schedule: NoiseSchedule | None = None,
+        default_settings: InpaintSettings | None = None,
+    ):
         from moebius.nn.adopt import adopt
 
         self.model = model.eval()
         self.vae = adopt(vae.eval())  # the same VAE, on this machine's fastest kernels
         self.schedule = schedule if schedule is not None else NoiseSchedule()
+        if default_settings is not None:
+            self.default_settings = default_settings.validate()
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._progress_config = {}
 
@@ -432,7 +444,11 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load the VAE from {where.vae_dir}: {exc}") from exc
         schedule = NoiseSchedule.load(where.scheduler_dir) if where.scheduler_dir else None
-        return cls(model, vae, schedule).to(device, dtype)
+        try:
+            defaults = InpaintSettings.from_mapping(where.settings)
+        except InputError as exc:
+            raise CheckpointError(f"{name_or_path}: {PIPELINE_FILE} settings: {exc}") from None
+        return cls(model, vae, schedule, defaults).to(device, dtype)
 
     @classmethod
     def from_exported(cls, directory: str | os.PathLike, **options) -> InpaintPipeline:
@@ -447,7 +463,8 @@ class MoebiusInpaintPipeline(InpaintPipeline):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """``model/`` (moebius format), ``vae/`` (diffusers) and ``scheduler/`` (a diffusers
         DDIM config), then ``pipeline.json`` last so a half-written directory is never mistaken
-        for a complete one."""
+        for a complete one. Its "settings" hold the :attr:`default_settings` that differ from the
+        official model's, which :meth:`from_pretrained` restores."""
         from moebius.models import save_pretrained as save_model
 
         directory = Path(directory)
@@ -460,6 +477,10 @@ class MoebiusInpaintPipeline(InpaintPipeline):
             "vae": "vae",
             "scheduler": "scheduler",
         }
+        official = InpaintSettings().to_dict()
+        own = {k: v for k, v in self.default_settings.to_dict().items() if official[k] != v}
+        if own:
+            manifest["settings"] = own
         write_json(directory / PIPELINE_FILE, manifest)
 
     # ------------------------------------------------------------------ the backend

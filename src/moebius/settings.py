@@ -52,6 +52,14 @@ class PasteMode(str, Enum):
     NONE = "none"
 
 
+class Prefill(str, Enum):
+    """What the hole holds when the photo is encoded for the sampler's start."""
+
+    NONE = "none"
+    TELEA = "telea"
+    NS = "ns"
+
+
 class SchedulerKind(str, Enum):
     DDIM = "ddim"
     DPM_SOLVER = "dpm++"
@@ -99,6 +107,12 @@ class InpaintSettings:
         "photo's own latent noised to that level",
         0.0,
         1.0,
+    )
+    prefill: Prefill = _setting(
+        Prefill.NONE,
+        "fill the hole with OpenCV's Telea or Navier-Stokes method before the photo is encoded; "
+        "below strength 1 the sampler then starts from that fill, noised, so the model refines "
+        "it instead of painting from noise; none: the hole's own pixels",
     )
     noise_offset: float = _setting(
         NOISE_OFFSET,
@@ -162,7 +176,7 @@ class InpaintSettings:
             if value is None and _nullable(spec):
                 continue
             kind = _kind(spec)
-            if kind in (Category, Strategy, PasteMode, SchedulerKind):
+            if issubclass(kind, Enum):
                 if not isinstance(value, kind):
                     raise InputError(f"{spec.name} must be one of {_choices(kind)}, got {value!r}")
                 continue
@@ -298,11 +312,23 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_settings_args(parser: argparse.ArgumentParser, names: Iterable[str] | None = None) -> None:
+MODEL_DEFAULTS_NOTE = (
+    "Defaults below are the official model's; a model directory may carry its own in "
+    "pipeline.json (the bundled moebius-demo does). An option given here always wins."
+)
+
+
+def add_settings_args(
+    parser: argparse.ArgumentParser,
+    names: Iterable[str] | None = None,
+    note: str = MODEL_DEFAULTS_NOTE,
+) -> None:
     """One option per setting (``--steps``, ``--guidance``, …), with the type, choices, default
-    and help written above. ``names`` picks a subset, in the given order."""
+    and help written above. ``names`` picks a subset, in the given order; ``note`` says whose
+    defaults apply. Options not given stay out of the parsed namespace, so that
+    :func:`settings_from_args` can put them over a model's own defaults."""
     specs = {spec.name: spec for spec in fields(InpaintSettings)}
-    group = parser.add_argument_group("inpainting settings")
+    group = parser.add_argument_group("inpainting settings", note)
     for name in names if names is not None else specs:
         spec = specs[name]
         kind = _kind(spec)
@@ -311,19 +337,29 @@ def add_settings_args(parser: argparse.ArgumentParser, names: Iterable[str] | No
         text = spec.metadata["help"] + (f" (default: {shown})" if shown is not None else "")
         text = text.replace("%", "%%")
         if kind is bool:
-            group.add_argument(_flag(name), dest=name, action="store_true", help=text)
+            group.add_argument(
+                _flag(name), dest=name, action="store_true", default=argparse.SUPPRESS, help=text
+            )
         elif issubclass(kind, Enum):
             group.add_argument(
-                _flag(name), dest=name, default=shown, choices=[m.value for m in kind], help=text
+                _flag(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                choices=[m.value for m in kind],
+                help=text,
             )
         else:
-            group.add_argument(_flag(name), dest=name, default=default, type=str, help=text)
+            group.add_argument(
+                _flag(name), dest=name, default=argparse.SUPPRESS, type=str, help=text
+            )
 
 
 def settings_from_args(
     args: argparse.Namespace, base: InpaintSettings | None = None
 ) -> InpaintSettings:
-    """The settings the options of :func:`add_settings_args` describe, validated."""
+    """The settings the options of :func:`add_settings_args` describe, validated: the options
+    given on the command line over ``base`` (a model's own defaults; default: the official
+    model's)."""
     given = {
         spec.name: getattr(args, spec.name)
         for spec in fields(InpaintSettings)

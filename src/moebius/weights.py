@@ -17,9 +17,10 @@ Three layouts are understood:
 here and the metric networks' weights (:mod:`moebius.eval.weights`) both follow it.
 """
 
+import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from moebius.errors import CheckpointError
@@ -48,6 +49,7 @@ class WeightsLocation:
     model_file: Path | None = None
     model_config: str | None = None
     scheduler_dir: Path | None = None
+    settings: dict = field(default_factory=dict)  # the model's own inpainting defaults
 
 
 def _preset_for(name: str, override: str | None) -> str:
@@ -68,6 +70,7 @@ def locate_local(root: Path, variant: str, model_config: str | None) -> WeightsL
             vae_dir=root / "vae",
             model_dir=root / "model",
             scheduler_dir=scheduler if scheduler.is_dir() else None,
+            settings=_own_settings(root / PIPELINE_FILE),
         )
     candidates = [
         (root / family / variant / AUTHORS_WEIGHTS, family, root / "vae")
@@ -86,6 +89,16 @@ def locate_local(root: Path, variant: str, model_config: str | None) -> WeightsL
         f"authors' layout {root}/Moebius/{variant}/{AUTHORS_WEIGHTS} + {root}/vae/config.json "
         f"+ {root}/vae/{AUTHORS_WEIGHTS}"
     )
+
+
+def _own_settings(manifest: Path) -> dict:
+    try:
+        settings = json.loads(manifest.read_text()).get("settings", {})
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"cannot read {manifest}: {exc}") from None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f'{manifest}: "settings" must be an object of setting values')
+    return settings
 
 
 def offline_switch() -> str | None:

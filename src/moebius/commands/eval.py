@@ -6,7 +6,16 @@ from moebius.runtime import add_runtime_args
 from moebius.settings import add_settings_args
 
 # the protocols fix the rest: each image at protocol size, the original strategy, blend paste
-EVAL_SETTINGS = ("steps", "guidance", "strength", "noise_offset", "seed", "category", "scheduler")
+EVAL_SETTINGS = (
+    "steps",
+    "guidance",
+    "strength",
+    "prefill",
+    "noise_offset",
+    "seed",
+    "category",
+    "scheduler",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,7 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="bootstrap resamples for FID/LPIPS intervals (0 = off; default: 100)",
     )
     add_runtime_args(parser)
-    add_settings_args(parser, EVAL_SETTINGS)
+    add_settings_args(
+        parser,
+        EVAL_SETTINGS,
+        "Every model runs at these settings (the official model's defaults unless given), not at "
+        "its own pipeline.json defaults: a protocol compares models at the same settings.",
+    )
     parser.add_argument(
         "--random-weights",
         action="store_true",

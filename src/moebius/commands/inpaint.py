@@ -8,7 +8,7 @@ from pathlib import Path
 from moebius.errors import InputError
 from moebius.loading import add_backend_args
 from moebius.runtime import add_runtime_args
-from moebius.settings import add_settings_args
+from moebius.settings import add_settings_args, settings_from_args
 
 RUN_FILE = "run.json"
 
@@ -137,10 +137,9 @@ def _inpaint(pipe, settings, images: list, masks: list, names: list[str]) -> lis
 def run(args: argparse.Namespace) -> int:
     from moebius.distributed import session
     from moebius.runtime import apply_runtime_args
-    from moebius.settings import settings_from_args
 
     mode = _check_args(args)
-    settings = settings_from_args(args)
+    settings_from_args(args)  # bad values fail in one line before the model loads
     with session() as world:
         if mode == "single" and world.size > 1:
             raise InputError(
@@ -149,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
             )
         runtime = apply_runtime_args(args, world)
         if mode == "single":
-            return _run_single(args, settings, runtime)
-        return _run_batch(args, settings, runtime, world)
+            return _run_single(args, runtime)
+        return _run_batch(args, runtime, world)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -160,7 +159,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _run_single(args: argparse.Namespace, settings, runtime) -> int:
+def _run_single(args: argparse.Namespace, runtime) -> int:
     from moebius.image_io import load_image, load_mask
 
     output = Path(args.output)
@@ -175,7 +174,7 @@ def _run_single(args: argparse.Namespace, settings, runtime) -> int:
     start = time.perf_counter()
     pipe = _load_pipeline(args, runtime)
     pipe.set_progress_bar_config(disable=args.quiet)
-    settings = settings.with_seed()
+    settings = settings_from_args(args, pipe.default_settings).with_seed()
     (result,) = _inpaint(pipe, settings, [image], [mask], [str(args.image)])
     _write(result, output, fmt)
     if not args.quiet:
@@ -317,7 +316,7 @@ def _inpaint_chunk(
     return written, failed
 
 
-def _run_batch(args: argparse.Namespace, settings, runtime, world) -> int:
+def _run_batch(args: argparse.Namespace, runtime, world) -> int:
     """The batch form, in one process or as one rank of a torchrun job (the same code): rank 0
     prepares OUT, every rank inpaints its share of the chunks, rank 0 reports."""
     from moebius.settings import InpaintSettings
@@ -330,14 +329,14 @@ def _run_batch(args: argparse.Namespace, settings, runtime, world) -> int:
         raise InputError(f"no images found in {args.images}")
     listing = "\n".join(f"{image}\t{mask}" for image, mask in pairs) + f"\n{missing}"
     world.require_same(listing, f"files in {args.images} and {args.masks}")
+    # the model's own defaults decide the settings the run records
+    pipe = world.run_everywhere(lambda: _load_pipeline(args, runtime), main_first=True)
+    pipe.set_progress_bar_config(disable=True)
+    settings = settings_from_args(args, pipe.default_settings)
     record, todo = world.run_on_main(lambda: _plan(args, settings, runtime, pairs))
     world.require_shared(args.out / RUN_FILE)
     settings = InpaintSettings.from_mapping(record["settings"])
     skipped = len(pairs) - sum(len(chunk) for chunk in todo)
-    pipe = None
-    if todo:
-        pipe = world.run_everywhere(lambda: _load_pipeline(args, runtime), main_first=True)
-        pipe.set_progress_bar_config(disable=True)
     reports = run_chunks(
         world,
         todo,

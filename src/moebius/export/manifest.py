@@ -77,6 +77,11 @@ class ExportManifest:
         return self.document["scheduler"]
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The exported model's inpainting defaults (none recorded: the official model's)."""
+        return self.document.get("settings", {})
+
+    @property
     def options(self) -> dict[str, Any]:
         return self.document["export"]
 

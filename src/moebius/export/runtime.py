@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from moebius.errors import InputError
+from moebius.errors import CheckpointError, InputError
 from moebius.export.manifest import (
     GRAPHS,
     MANIFEST_FILE,
@@ -28,7 +28,7 @@ from moebius.export.manifest import (
 )
 from moebius.pipeline import InpaintPipeline
 from moebius.sampling import NoiseSchedule, guided
-from moebius.settings import Category
+from moebius.settings import Category, InpaintSettings
 
 RUNTIMES = ("onnxruntime", "openvino")
 # the compute precisions a runtime offers on the CPU, by --dtype name
@@ -122,6 +122,10 @@ class ExportedInpaintPipeline(InpaintPipeline):
         self.manifest = manifest
         self.engine = engine
         self.schedule = NoiseSchedule.from_config(manifest.scheduler)
+        try:
+            self.default_settings = InpaintSettings.from_mapping(manifest.settings)
+        except InputError as exc:
+            raise CheckpointError(f"{manifest.directory}: manifest settings: {exc}") from None
         self.vae_scale_factor = manifest.vae_scale_factor
         self._progress_config = {}
         self._check_graphs()

@@ -106,6 +106,17 @@ class RecipeConfig:
     bootstrap: int = 1000
     docs: str | None = "docs"  # where the report goes; None = only under ``out``
     bundle: str | None = None  # write the KD student (first seed) + VAE as a pipeline here
+    # the bundled demo's own defaults: at this scale the students paint mottled texture from
+    # noise (about 2.8 dB below Telea inside the hole), so the demo starts from Telea's fill
+    # noised to t = 250 and runs the last 5 of 20 DDIM steps, one branch (no guidance)
+    demo_settings: dict = field(
+        default_factory=lambda: {
+            "steps": 20,
+            "prefill": "telea",
+            "strength": 0.25,
+            "guidance": 1.0,
+        }
+    )
 
     def steps(self, base: int) -> int:
         return max(2, math.ceil(base * self.scale))
@@ -406,6 +417,9 @@ def stage_students(cfg: RecipeConfig, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- evaluation
+DEMO_ROW = "demo (own defaults)"  # the bundled demo's row in the report
+
+
 def at_sample_size(model, sample_size: int):
     """The same network built for latent side ``sample_size``: position tables are resampled
     once, exactly as the model resamples them on every call at that size, so outputs do not
@@ -437,21 +451,20 @@ def _load_pipeline(out: Path, model_dir: Path, cfg: RecipeConfig):
     return pipe
 
 
-def _inpaint(pipe, images, masks, cfg: RecipeConfig) -> list[np.ndarray]:
-    """The model's fills, composited into the true image with the hard mask. Strength 1 and no
-    paste-back: the hole's true pixels reach the model neither through the initial latent
-    (strength < 1 keeps a trace of the input there) nor through the blurred paste-back, as
-    they reach no classical method either."""
+def _inpaint(pipe, images, masks, cfg: RecipeConfig, own: dict | None = None) -> list[np.ndarray]:
+    """The model's fills, composited into the true image with the hard mask: at the recipe's
+    sampling settings from pure noise (strength 1), or with ``own`` settings over them (the
+    demo's). No paste-back, and the hole's true pixels reach the model neither through the
+    initial latent (strength < 1 without a prefill keeps a trace of them) nor through the blurred
+    paste-back, as they reach no classical method either (OpenCV's fills never read them)."""
+    from moebius.settings import InpaintSettings
+
+    settings = {"steps": cfg.sample_steps, "guidance": cfg.guidance, "strength": 1.0}
+    fixed = {"paste": "none", "strategy": "resize", "image_size": cfg.eval_size, "seed": 0}
     result = pipe(
         image=[Image.fromarray(i) for i in images],
         mask_image=[Image.fromarray(m * 255) for m in masks],
-        num_inference_steps=cfg.sample_steps,
-        guidance_scale=cfg.guidance,
-        generator=0,
-        strength=1.0,
-        paste_back=False,
-        strategy="resize",
-        image_size=cfg.eval_size,
+        settings=InpaintSettings.from_mapping(settings | (own or {}) | fixed),
         output_type="np",
     )
     return [
@@ -491,8 +504,10 @@ def bootstrap_interval(
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def _inpaint_seconds(pipe, image: np.ndarray, mask: np.ndarray, cfg: RecipeConfig) -> float:
-    return _median_seconds(lambda: _inpaint(pipe, [image], [mask], cfg), repeats=2)
+def _inpaint_seconds(
+    pipe, image: np.ndarray, mask: np.ndarray, cfg: RecipeConfig, own: dict | None = None
+) -> float:
+    return _median_seconds(lambda: _inpaint(pipe, [image], [mask], cfg, own), repeats=2)
 
 
 def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
@@ -522,6 +537,18 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
             )
 
     first_kd, first_nokd = models[1], models[2]
+    # the bundled demo: the first KD student at the demo's own settings
+    pipe = _load_pipeline(out, out / first_kd / "final", cfg)
+    samples[DEMO_ROW] = [
+        fill
+        for start in range(0, len(images), 4)
+        for fill in _inpaint(
+            pipe, images[start : start + 4], masks[start : start + 4], cfg, cfg.demo_settings
+        )
+    ]
+    scores[DEMO_ROW] = _case_scores(samples[DEMO_ROW], images, masks)
+    parameters[DEMO_ROW] = parameters[first_kd]
+    seconds["demo"] = _inpaint_seconds(pipe, images[0], masks[0], cfg, cfg.demo_settings)
     samples["masked"] = [
         np.where(m[..., None] > 0, 255, i).astype(np.uint8)
         for i, m in zip(images, masks, strict=True)
@@ -530,7 +557,7 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
     _write_contact_sheet(
         directory / "contact_sheet.png",
         samples,
-        ["masked", "telea", "teacher", first_kd, first_nokd, "truth"],
+        ["masked", "telea", DEMO_ROW, "teacher", first_kd, first_nokd, "truth"],
     )
     _write_loss_plot(directory / "loss.png", out, cfg)
     rows = {}
@@ -544,6 +571,7 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
         "scores": scores,
         "summary": _summary(scores, cfg),
         "inpaint_seconds": seconds,
+        "demo_model": first_kd,
         "config": asdict(cfg),
         "threads": torch.get_num_threads(),
         "stages": {s: _stage_done(out / s) for s in ("vae", "cache", "teacher")}
@@ -633,6 +661,10 @@ def _write_loss_plot(path: Path, out: Path, cfg: RecipeConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- report
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{name} {value}" for name, value in settings.items())
+
+
 def write_report(result: dict, out: Path, docs: Path) -> Path:
     """docs/small_scale.md (+ images) from the eval stage's JSON; every number comes from it."""
     import platform
@@ -707,9 +739,13 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         "",
         f"**Verdict:** {_verdict(summary, len(cfg['seeds']))}",
         "",
+        f"`{DEMO_ROW}` is the bundled `moebius-demo`: {result['demo_model']} at the demo's own"
+        f" defaults ({_settings_text(cfg['demo_settings'])}): it starts from OpenCV Telea's fill"
+        " of the hole, noised, and refines it, where the other rows paint from pure noise.",
+        "",
         f"One inpaint at {cfg['eval_size']} px ({cfg['sample_steps']} steps, guidance"
         f" {cfg['guidance']}): student {times['student']:.2f} s, teacher"
-        f" {times['teacher']:.2f} s.",
+        f" {times['teacher']:.2f} s; the demo at its own defaults {times['demo']:.2f} s.",
         "",
         "![contact sheet](images/small_scale_contact_sheet.png)",
         "",
@@ -757,9 +793,13 @@ def _verdict(summary: dict, seeds: int) -> str:
 
 def bundle_demo(out: Path, destination: Path, cfg: RecipeConfig) -> None:
     """The first KD student + the VAE as a float16 pipeline directory (small enough for a wheel),
-    built for the evaluation size so the pipeline works there by default."""
+    built for the evaluation size so the pipeline works there by default, with
+    ``cfg.demo_settings`` as its own defaults."""
+    from moebius.settings import InpaintSettings
+
     name = student_runs(cfg)[0][0]
     pipe = _load_pipeline(out, out / name / "final", cfg)
+    pipe.default_settings = InpaintSettings.from_mapping(cfg.demo_settings)
     pipe.model.half()
     pipe.vae.half()
     pipe.save_pretrained(destination)

@@ -202,6 +202,9 @@ async def list_models(service: ServiceDep):
                 "default": m.default,
                 "image_size": m.image_size,
                 "settings": list(m.settings),
+                "defaults": (
+                    m.pipeline.default_settings.to_dict() if m.pipeline is not None else None
+                ),
             }
             for m in service.models.models
         ]

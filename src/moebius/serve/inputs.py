@@ -85,7 +85,8 @@ async def request_fields(request: Request) -> _Fields:
 
 def _settings(model: ServedModel, given: dict[str, Any]) -> InpaintSettings:
     try:
-        return model.pipeline.settings_for(InpaintSettings.from_mapping(given))
+        base = model.pipeline.default_settings
+        return model.pipeline.settings_for(InpaintSettings.from_mapping(given, base))
     except InputError as exc:
         raise ApiError(422, "invalid_settings", str(exc)) from None
 

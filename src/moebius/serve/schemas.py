@@ -53,6 +53,10 @@ class ModelInfo(BaseModel):
     default: bool = Field(description="used when a request names no model")
     image_size: int | None = Field(description="working size in pixels (null while loading)")
     settings: list[str] = Field(description="the settings that change this model's result")
+    defaults: dict[str, Any] | None = Field(
+        description="the model's own setting defaults, used for settings a request leaves out "
+        "(null while loading)"
+    )
 
 
 class ModelList(BaseModel):

@@ -281,6 +281,7 @@ function refreshModel() {
   if (!model) return;
   $("#model-note").textContent = model.description + (model.state === "ready" ? "" : ` (${model.state})`);
   state.settings?.useOnly(model.settings);
+  if (model.defaults) state.settings?.useDefaults(model.defaults);
 }
 
 async function watchServer() {

@@ -108,7 +108,7 @@ export class SettingsPanel {
       const value = field.read();
       const row = this.rows.get(name);
       if (value === "" && row.nullable) values[name] = name === "seed" ? "random" : "";
-      else if (value === "") values[name] = row.default;
+      else if (value === "") values[name] = this.#default(name);
       else values[name] = value;
     }
     return values;
@@ -120,7 +120,23 @@ export class SettingsPanel {
   }
 
   reset() {
-    for (const [name, field] of this.fields) field.write(this.rows.get(name).default);
+    for (const [name, field] of this.fields) field.write(this.#default(name));
+    this.#save();
+  }
+
+  #default(name) {
+    return this.defaults && name in this.defaults ? this.defaults[name] : this.rows.get(name).default;
+  }
+
+  /** A model's own defaults (GET /v1/models): fields still at the previous default take the
+   * new one; values the user chose stay. */
+  useDefaults(defaults) {
+    for (const [name, field] of this.fields) {
+      const before = this.#default(name);
+      if (!(name in defaults) || String(field.read()) !== String(before ?? "")) continue;
+      field.write(defaults[name]);
+    }
+    this.defaults = defaults;
     this.#save();
   }
 
