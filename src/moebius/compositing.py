@@ -14,6 +14,10 @@ is the authors' pre- and post-processing, bit for bit:
   px in height and width about its centre, minus the hole), then blended as above with the
   blurred binary hole and clipped.
 
+A ``prefill`` (ours; the authors have none) puts OpenCV's Telea or Navier–Stokes fill of the
+hole into the image that is encoded for the sampler's start; the masked image, whose hole is
+zero, is unchanged.
+
 Unlike the authors' code, which returns the resized image, the result goes back into the photo
 at its own size: outside the (feathered, dilated) hole every pixel is the original one.
 """
