@@ -413,6 +413,7 @@ def test_cli_exports_and_inpaints_the_demo_model_offline(tmp_path, monkeypatch, 
         main(["export", "onnx", str(out), "--model", "moebius-demo", "--threads", "1", "-q"]) == 0
     )
     assert read_manifest(out).format == "onnx"
+    assert read_manifest(out).settings["prefill"] == "telea"  # the demo's own defaults travel
     image = Image.fromarray(data.coffee()).resize((200, 150))
     image.save(tmp_path / "in.jpg")
     mask = np.zeros((150, 200), np.uint8)
@@ -422,7 +423,7 @@ def test_cli_exports_and_inpaints_the_demo_model_offline(tmp_path, monkeypatch, 
     for backend in ("onnxruntime", "openvino"):
         target = tmp_path / f"{backend}.png"
         argv = ["inpaint", str(tmp_path / "in.jpg"), str(tmp_path / "mask.png"), "-o",
-                str(target), "--backend", backend, "--model", str(out), "--steps", "3",
+                str(target), "--backend", backend, "--model", str(out), "--steps", "8",
                 "--threads", "1", "-q"]  # fmt: skip
         assert main(argv) == 0, capsys.readouterr().err
         results[backend] = np.asarray(Image.open(target)).astype(int)
