@@ -504,6 +504,15 @@ def bootstrap_interval(
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def _fills(pipe, images, masks, cfg: RecipeConfig, own: dict | None = None) -> list[np.ndarray]:
+    """:func:`_inpaint` over every case, four images per call."""
+    return [
+        fill
+        for start in range(0, len(images), 4)
+        for fill in _inpaint(pipe, images[start : start + 4], masks[start : start + 4], cfg, own)
+    ]
+
+
 def _inpaint_seconds(
     pipe, image: np.ndarray, mask: np.ndarray, cfg: RecipeConfig, own: dict | None = None
 ) -> float:
@@ -524,11 +533,7 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
     models = ["teacher"] + [name for name, _, _ in student_runs(cfg)]
     for name in models:
         pipe = _load_pipeline(out, out / name / "final", cfg)
-        samples[name] = [
-            fill
-            for start in range(0, len(images), 4)
-            for fill in _inpaint(pipe, images[start : start + 4], masks[start : start + 4], cfg)
-        ]
+        samples[name] = _fills(pipe, images, masks, cfg)
         scores[name] = _case_scores(samples[name], images, masks)
         parameters[name] = sum(p.numel() for p in pipe.model.parameters())
         if name in ("teacher", models[1]):
@@ -539,13 +544,7 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
     first_kd, first_nokd = models[1], models[2]
     # the bundled demo: the first KD student at the demo's own settings
     pipe = _load_pipeline(out, out / first_kd / "final", cfg)
-    samples[DEMO_ROW] = [
-        fill
-        for start in range(0, len(images), 4)
-        for fill in _inpaint(
-            pipe, images[start : start + 4], masks[start : start + 4], cfg, cfg.demo_settings
-        )
-    ]
+    samples[DEMO_ROW] = _fills(pipe, images, masks, cfg, cfg.demo_settings)
     scores[DEMO_ROW] = _case_scores(samples[DEMO_ROW], images, masks)
     parameters[DEMO_ROW] = parameters[first_kd]
     seconds["demo"] = _inpaint_seconds(pipe, images[0], masks[0], cfg, cfg.demo_settings)
