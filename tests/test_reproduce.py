@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from moebius.cli import main as cli_main
@@ -70,9 +71,24 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert (tmp_path / "docs" / "images" / "small_scale_contact_sheet.png").stat().st_size > 0
 
     # A second run finds every stage finished and redoes nothing.
-    stamp = (tmp_path / "run" / "eval" / "result.json").stat().st_mtime_ns
+    run_dir = tmp_path / "run"
+    stamp = (run_dir / "eval" / "result.json").stat().st_mtime_ns
     assert run(cfg)["rows"] == result["rows"]
-    assert (tmp_path / "run" / "eval" / "result.json").stat().st_mtime_ns == stamp
+    assert (run_dir / "eval" / "result.json").stat().st_mtime_ns == stamp
+
+    # The decoder stage retrained the VAE's decoder only (the latents the cache holds stay
+    # valid), and the bundle ships that decoder.
+    first, tuned, bundled = (
+        AutoencoderKL.from_pretrained(path).state_dict()
+        for path in (
+            run_dir / "vae" / "vae",
+            run_dir / "decoder" / "vae",
+            tmp_path / "demo" / "vae",
+        )
+    )
+    for name, weight in tuned.items():
+        assert torch.equal(weight, first[name]) == name.startswith(("encoder.", "quant_conv."))
+        assert torch.equal(bundled[name], weight.half())
 
     # The bundle is a pipeline directory the CLI can use, built for the evaluation size.
     manifest = json.loads((tmp_path / "demo" / "pipeline.json").read_text())

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--until",
-        choices=["data", "vae", "cache", "teacher", "students", "eval"],
+        choices=["data", "vae", "decoder", "cache", "teacher", "students", "eval"],
         default="eval",
         help="stop after this stage (default: run all and write the report); "
         "'data' only assembles the photos and their licence manifest",

@@ -1,0 +1,75 @@
+"""The recipe's VAE training loops: the decoder fine-tune leaves the encoder (so the latents)
+alone, and an interrupted run resumes to the same weights as an uninterrupted one."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+import moebius.reproduce.vae_training as vae_training
+from moebius.reproduce.vae_training import finetune_decoder
+from tests.helpers import tiny_vae
+
+
+def _photos(count: int = 3) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    smooth = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(count)]
+    return [Image.fromarray(p).resize((96, 80), Image.Resampling.BICUBIC) for p in smooth]
+
+
+def _finetune(source, out_dir, photos):
+    return finetune_decoder(
+        source, photos, out_dir, steps=4, size=32, batch=2, short_sides=(40, 64), checkpoint_every=2
+    )
+
+
+def test_decoder_finetune_trains_the_decoder_only(tmp_path):
+    tiny_vae().save_pretrained(tmp_path / "source")
+    heldout = [np.asarray(_photos(1)[0].crop((0, 0, 64, 64)))]
+    result = finetune_decoder(
+        tmp_path / "source",
+        _photos(),
+        tmp_path / "run",
+        steps=3,
+        size=32,
+        batch=2,
+        short_sides=(40, 64),
+        heldout=heldout,
+    )
+    assert 0 < result["heldout_psnr_db"] < 100 and result["steps"] == 3
+    before = AutoencoderKL.from_pretrained(tmp_path / "source").state_dict()
+    after = AutoencoderKL.from_pretrained(tmp_path / "run" / "vae").state_dict()
+    assert before.keys() == after.keys()
+    for name, weight in before.items():
+        frozen = name.startswith(("encoder.", "quant_conv."))
+        assert torch.equal(weight, after[name]) == frozen, name
+    trained = sum(w.numel() for n, w in after.items() if n.startswith(("decoder.", "post_quant")))
+    assert result["trained_parameters"] == trained
+
+
+def test_an_interrupted_finetune_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    tiny_vae().save_pretrained(tmp_path / "source")
+    photos = _photos()
+    _finetune(tmp_path / "source", tmp_path / "whole", photos)
+
+    crops = vae_training.random_crops
+    calls = []
+
+    def crops_then_stop(*args):
+        calls.append(1)
+        if len(calls) == 3:  # after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return crops(*args)
+
+    monkeypatch.setattr(vae_training, "random_crops", crops_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _finetune(tmp_path / "source", tmp_path / "resumed", photos)
+    monkeypatch.setattr(vae_training, "random_crops", crops)
+    _finetune(tmp_path / "source", tmp_path / "resumed", photos)
+
+    whole = AutoencoderKL.from_pretrained(tmp_path / "whole" / "vae").state_dict()
+    resumed = AutoencoderKL.from_pretrained(tmp_path / "resumed" / "vae").state_dict()
+    assert all(torch.equal(whole[n], resumed[n]) for n in whole)
+    logged = (tmp_path / "resumed" / "loss.jsonl").read_text().splitlines()
+    assert logged == (tmp_path / "whole" / "loss.jsonl").read_text().splitlines()
