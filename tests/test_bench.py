@@ -202,3 +202,17 @@ def test_bench_times_exported_runtimes_side_by_side(tmp_path, tiny_config_path):
     assert all(t["export_s"] > 0 and t["load_s"] > 0 for t in report["edge_timings"])
     text = (out / "bench.md").read_text()
     assert "## Exported runtimes: quality" in text and "## Exported runtimes: export" in text
+
+
+def test_random_weights_are_the_same_in_every_run(tiny_config_path):
+    import torch
+
+    from moebius.bench.runner import Benchmark, BenchSettings
+
+    bench = Benchmark(
+        BenchSettings(models=[str(tiny_config_path)], plain=False), log=lambda _: None
+    )
+    first = bench._subjects()[0].module.state_dict()
+    torch.rand(7)  # whatever ran in between
+    second = bench._subjects()[0].module.state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)

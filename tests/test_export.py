@@ -27,7 +27,7 @@ from moebius.errors import CheckpointError, InputError
 from moebius.export.exporter import ExportOptions, export_loaded, load_for_export
 from moebius.export.manifest import MANIFEST_FILE, read_manifest
 from moebius.export.runtime import ExportedInpaintPipeline
-from moebius.nn import InteractiveLambda, LocalLambda, Upsample
+from moebius.nn import InteractiveLambda, LocalLambda, MixFFN, Upsample
 from moebius.nn.export_forms import position_table
 from moebius.nn.fusion import set_export
 from moebius.nn.lambda_layers import resample_position_table
@@ -90,6 +90,18 @@ def test_upsample_export_form_matches_upsample_then_conv(channels, height, width
         layer.export = True
         got = layer(x, size=(2 * height, 2 * width))
     assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_mixffn_export_form_matches_fast_path():
+    torch.manual_seed(0)
+    layer = MixFFN(16, ratio=2.5).eval()
+    exported = copy.deepcopy(layer)
+    exported.export = True
+    size = (5, 7)
+    x = torch.randn(2, size[0] * size[1], 16)
+    with torch.inference_mode():
+        expected, got = layer.forward_tokens(x, size), exported.forward_tokens(x, size)
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
@@ -473,25 +485,32 @@ def test_serve_refuses_a_mismatched_export_in_one_line(openvino_dir):
     assert "holds an OpenVINO export" in last and "Traceback" not in done.stderr
 
 
-def test_set_export_switches_every_lambda_layer():
+def test_set_export_switches_every_export_form():
     model = tiny_model()
     set_export(model, True)
-    flags = [m.export for m in model.modules() if isinstance(m, (LocalLambda, InteractiveLambda))]
-    assert flags and all(flags)
+    kinds = (LocalLambda, InteractiveLambda, MixFFN, Upsample)
+    flags = {type(m): m.export for m in model.modules() if isinstance(m, kinds)}
+    assert set(flags) == set(kinds) and all(flags.values())
     set_export(model, False)
     assert not any(m.export for m in model.modules() if hasattr(m, "export"))
 
 
-def test_quality_report_command(tiny_dir, tmp_path, capsys):
+def test_quality_report_command(tmp_path, capsys):
     from moebius.export.quality import main as quality
+    from moebius.sampling import NoiseSchedule
 
+    # a v-prediction model, as the bundled demo is: every candidate must sample with its schedule
+    model_dir = tmp_path / "v-model"
+    schedule = NoiseSchedule(prediction_type="v_prediction")
+    MoebiusInpaintPipeline(tiny_model(), tiny_vae(), schedule).save_pretrained(model_dir)
     out = tmp_path / "quality"
-    argv = ["--model", str(tiny_dir), "--out", str(out), "--steps", "2", "--threads", "1"]
+    argv = ["--model", str(model_dir), "--out", str(out), "--steps", "2", "--threads", "1"]
     assert quality([*argv, "--backends", "onnxruntime", "--weights", "float"]) == 0
     report = json.loads((out / "quality.json").read_text())
     rows = {row["label"]: row for row in report["rows"]}
     assert set(rows) == {"reference", "torch bfloat16", "onnxruntime float32"}
     assert rows["onnxruntime float32"]["psnr_db"] > 40  # float32 graphs: rounding only
     assert rows["onnxruntime float32"]["latent_mean_abs"] < 1e-3
+    assert rows["torch bfloat16"]["latent_mean_abs"] < 0.05 * report["latent_ref_mean_abs"]
     assert report["size"] == [64, 64] and report["source"]["sha256"]
     assert "| onnxruntime float32 |" in (out / "quality.md").read_text()

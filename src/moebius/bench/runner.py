@@ -89,6 +89,9 @@ class Benchmark:
     def _subjects(self) -> list[Subject]:
         subjects = []
         for name in self.settings.models:
+            # the same random weights in every run, whatever drew random numbers before (the
+            # engine tuner does on a machine's first run): accuracy rows depend on the weights
+            torch.manual_seed(0)
             try:
                 subjects += build_subjects(name, self.device, self.settings.plain)
             except Exception as exc:

@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     reference, source = load_for_export(args.model)
     reference.set_progress_bar_config(disable=True)
     size = (args.size or reference.image_size,) * 2
-    low = MoebiusInpaintPipeline(copy.deepcopy(reference.model), copy.deepcopy(reference.vae))
+    # its own schedule: a v-prediction model read as ε-prediction paints noise
+    low = MoebiusInpaintPipeline(
+        copy.deepcopy(reference.model), copy.deepcopy(reference.vae), reference.schedule
+    )
     candidates = {"torch bfloat16": low.to(dtype=torch.bfloat16)}
     with tempfile.TemporaryDirectory(prefix="moebius-quality-") as workdir:
         variants = edge_variants(

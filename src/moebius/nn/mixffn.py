@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.nn.engines import conv2d
+from moebius.nn.export_forms import mixffn_halves
 from moebius.nn.fusion import pointwise
 from moebius.nn.lambda_layers import map_to_tokens, tokens_to_map
 
@@ -25,7 +26,8 @@ class MixFFN(nn.Module):
 
     ``forward_tokens`` is the same maths on (B, n, C) tokens: the 1×1 convs become
     matrix products and the depthwise conv runs on a channels-last view, so no
-    layout copies happen between the three convs.
+    layout copies happen between the three convs. ``export``: the halves computed apart
+    (:func:`moebius.nn.export_forms.mixffn_halves`).
     """
 
     def __init__(self, channels: int, ratio: float = 2.5):
@@ -35,6 +37,7 @@ class MixFFN(nn.Module):
         self.depth_conv = _Conv(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
         self.point_conv = _Conv(hidden, channels, 1, bias=False)
         self.plain = False
+        self.export = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.plain or self.training):
@@ -45,6 +48,9 @@ class MixFFN(nn.Module):
         return self.point_conv(value * F.silu(gate))
 
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.export:
+            convs = (self.inverted_conv.conv, self.depth_conv.conv, self.point_conv.conv)
+            return mixffn_halves(x, size, *convs)
         h = pointwise(x, self.inverted_conv.conv, activation="silu")  # (B, n, 2h)
         h = map_to_tokens(conv2d(tokens_to_map(h, size), self.depth_conv.conv))
         value, gate = h.chunk(2, dim=-1)
