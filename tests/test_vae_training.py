@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from helpers import tiny_vae
 from PIL import Image
 
 import moebius.reproduce.vae_training as vae_training
 from moebius.reproduce.vae_training import finetune_decoder
-from tests.helpers import tiny_vae
 
 
 def _photos(count: int = 3) -> list[Image.Image]:

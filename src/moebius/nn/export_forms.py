@@ -22,7 +22,9 @@ traced size). Here:
   four output phases is a 2×2 convolution whose taps sum the 3×3 taps that read the same
   repeated pixel, 16 instead of 36 multiply-adds per input pixel and channel pair (these two
   convolutions are a fifth of the student's arithmetic).
-* MixFFN's value and gate halves are computed apart (their weights split, not their output).
+* MixFFN's value and gate halves are computed apart (their weights split, not their output:
+  :meth:`moebius.nn.mixffn.MixFFN.forward_tokens`), so the graph holds no split of a large
+  tensor, which OpenVINO runs in reference code (~1.5 % of the step).
 
 No ``Einsum`` (slow and never quantized in ONNX Runtime) and no data-dependent branches.
 """
@@ -153,28 +155,3 @@ def upsample_conv(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
     phases = [y[:, 2 * a + c, :, a : a + height, c : c + width] for a in range(2) for c in range(2)]
     y = torch.stack(phases, dim=2).reshape(b, 4 * out_channels, height, width)
     return F.pixel_shuffle(y, 2)
-
-
-def mixffn_halves(
-    tokens: torch.Tensor,
-    size,
-    inverted: torch.nn.Conv2d,
-    depth: torch.nn.Conv2d,
-    point: torch.nn.Conv2d,
-) -> torch.Tensor:
-    """MixFFN on (B, n, C) tokens with the value and gate halves computed apart: 1×1 conv and
-    depthwise 3×3 each act per channel group, so splitting their weights equals splitting
-    their output, and the graph needs no split of a large tensor (OpenVINO runs that in
-    reference code, ~1.5 % of the step)."""
-    hidden = point.in_channels
-    halves = []
-    for part in (slice(0, hidden), slice(hidden, 2 * hidden)):
-        bias = None if inverted.bias is None else inverted.bias[part]
-        h = F.silu(F.linear(tokens, inverted.weight[part, :, 0, 0], bias))
-        b, n, _ = h.shape
-        h = h.transpose(1, 2).reshape(b, hidden, *size)
-        bias = None if depth.bias is None else depth.bias[part]
-        h = F.conv2d(h, depth.weight[part], bias, padding=depth.padding, groups=hidden)
-        halves.append(h.reshape(b, hidden, n).transpose(1, 2))
-    value, gate = halves
-    return F.linear(value * F.silu(gate), point.weight[:, :, 0, 0], point.bias)

@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.nn.engines import conv2d
-from moebius.nn.export_forms import mixffn_halves
 from moebius.nn.fusion import pointwise
 from moebius.nn.lambda_layers import map_to_tokens, tokens_to_map
 
@@ -26,8 +25,8 @@ class MixFFN(nn.Module):
 
     ``forward_tokens`` is the same maths on (B, n, C) tokens: the 1×1 convs become
     matrix products and the depthwise conv runs on a channels-last view, so no
-    layout copies happen between the three convs. ``export``: the halves computed apart
-    (:func:`moebius.nn.export_forms.mixffn_halves`).
+    layout copies happen between the three convs. ``export``: the value and gate halves computed apart
+    (no split of a large tensor in the exported graph; see :mod:`moebius.nn.export_forms`).
     """
 
     def __init__(self, channels: int, ratio: float = 2.5):
@@ -49,9 +48,20 @@ class MixFFN(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.export:
-            convs = (self.inverted_conv.conv, self.depth_conv.conv, self.point_conv.conv)
-            return mixffn_halves(x, size, *convs)
+            value, gate = (self._half(x, size, part) for part in (0, 1))
+            return F.linear(value * F.silu(gate), self.point_conv.conv.weight[:, :, 0, 0])
         h = pointwise(x, self.inverted_conv.conv, activation="silu")  # (B, n, 2h)
         h = map_to_tokens(conv2d(tokens_to_map(h, size), self.depth_conv.conv))
         value, gate = h.chunk(2, dim=-1)
         return pointwise(value * F.silu(gate), self.point_conv.conv)
+
+    def _half(self, x: torch.Tensor, size: tuple[int, int], part: int) -> torch.Tensor:
+        """The value (``part`` 0) or gate (1) half of SiLU → depthwise 3×3, from its share of
+        the weights: both convs act per channel, so this equals that half of the output."""
+        inverted, depth = self.inverted_conv.conv, self.depth_conv.conv
+        hidden = self.point_conv.conv.in_channels
+        rows = slice(part * hidden, (part + 1) * hidden)
+        h = F.silu(F.linear(x, inverted.weight[rows, :, 0, 0], inverted.bias[rows]))
+        h = tokens_to_map(h, size)
+        h = F.conv2d(h, depth.weight[rows], depth.bias[rows], padding=1, groups=hidden)
+        return map_to_tokens(h)
