@@ -28,6 +28,7 @@ from moebius.export.exporter import ExportOptions, export_loaded, load_for_expor
 from moebius.export.manifest import MANIFEST_FILE, read_manifest
 from moebius.export.runtime import ExportedInpaintPipeline
 from moebius.nn import InteractiveLambda, LocalLambda, MixFFN, Upsample
+from moebius.nn.embeddings import TimestepEmbedding, timestep_sinusoids
 from moebius.nn.export_forms import position_table
 from moebius.nn.fusion import set_export
 from moebius.nn.lambda_layers import resample_position_table
@@ -244,6 +245,32 @@ def test_reduced_precision_exports(name, exports, torch_pipe):
     (got,) = pipe.engine.run("denoiser", feeds)
     error = np.abs(got - expected.numpy()).max() / np.abs(expected.numpy()).max()
     assert 0 < error <= 0.01
+
+
+def test_denoiser_looks_timestep_features_up(onnx_dir, torch_pipe):
+    """The graph computes no angle t·f: a runtime in bfloat16 (OpenVINO's ``bf16`` hint) would
+    round it to 8 significant bits. The features of every training timestep are one constant,
+    equal to the ones PyTorch computes."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_dir / "denoiser.onnx"))
+    assert not {"Sin", "Cos"} & {node.op_type for node in model.graph.node}
+    timesteps = torch_pipe.schedule.num_train_timesteps
+    features = timestep_sinusoids(
+        torch.arange(timesteps), torch_pipe.model.diff_model.time_embedding.in_channels
+    ).numpy()
+    tables = [
+        numpy_helper.to_array(i) for i in model.graph.initializer if tuple(i.dims) == features.shape
+    ]
+    assert len(tables) == 1 and np.array_equal(tables[0], features)
+
+
+def test_feature_table_is_not_saved_with_the_weights():
+    model = tiny_model()
+    keys = set(model.state_dict())
+    model.diff_model.time_embedding.tabulate(1000)
+    assert set(model.state_dict()) == keys
 
 
 # latent sides: wider than trained (tables interpolated), smaller (antialiased); the trained size
@@ -488,7 +515,7 @@ def test_serve_refuses_a_mismatched_export_in_one_line(openvino_dir):
 def test_set_export_switches_every_export_form():
     model = tiny_model()
     set_export(model, True)
-    kinds = (LocalLambda, InteractiveLambda, MixFFN, Upsample)
+    kinds = (LocalLambda, InteractiveLambda, MixFFN, Upsample, TimestepEmbedding)
     flags = {type(m): m.export for m in model.modules() if isinstance(m, kinds)}
     assert set(flags) == set(kinds) and all(flags.values())
     set_export(model, False)

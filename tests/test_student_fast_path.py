@@ -4,11 +4,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import moebius
 from moebius.models.checkpoint import load_state_dict_strict
-from moebius.nn import InteractiveLambda, LocalLambda, MixFFN
+from moebius.nn import InteractiveLambda, LocalLambda, MixFFN, Upsample
 from moebius.nn.fusion import group_norm, is_plain, set_plain
+from moebius.nn.sampling import by_phases, upsample_by_phases
 
 
 def _fixture_model(tiny_config_path, tiny_state_dict):
@@ -140,3 +142,64 @@ def test_bfloat16_autocast_fast_path(tiny_config_path, tiny_state_dict, tiny_fix
         out = model(x, tiny_fixture["__input__.timesteps"], tiny_fixture["__input__.input_ids"])
     ref = tiny_fixture["__output__.sample"]
     assert (out.sample.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+# ------------------------------------------------------------------ up-sampling by phases
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_upsampling_by_phases_matches_nearest_then_conv(channels_last, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1, bias=bias).requires_grad_(False)
+    x = torch.randn(2, 6, 5, 7)
+    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = upsample_by_phases(x, conv)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert got.shape == expected.shape and _close(got, expected)
+
+
+def test_upsampler_keeps_the_textbook_form_where_phases_do_not_apply():
+    up = Upsample(4)
+    x = torch.randn(1, 4, 3, 3)
+    assert not by_phases(x, up.conv)  # the weights want gradients: training
+    up(x).sum().backward()
+    assert up.conv.weight.grad is not None
+    with torch.no_grad():
+        assert by_phases(x, up.conv) and by_phases(x, up.conv, size=(6, 6))
+        assert not by_phases(x, up.conv, size=(7, 6))  # matching an odd skip tensor
+        assert up(x, size=(7, 6)).shape == (1, 4, 7, 6)
+
+
+def test_phase_kernels_follow_in_place_weight_changes():
+    """The phase kernel is derived once per weight; loading other weights into the same
+    module (an in-place copy) must not leave the old one in use."""
+    torch.manual_seed(0)
+    up = Upsample(3).eval().requires_grad_(False)
+    x = torch.randn(1, 3, 4, 4)
+    before = up(x)
+    up.load_state_dict({k: v * 2 for k, v in up.state_dict().items()})
+    expected = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert _close(up(x), expected) and not _close(before, expected)
+
+
+def test_adopted_vae_upsamplers_run_by_phases(monkeypatch):
+    """diffusers' ``Upsample2D`` inside an adopted VAE takes the phases, with the same result."""
+    from diffusers.models.upsampling import Upsample2D
+
+    import moebius.nn.adopt as adopt_module
+
+    torch.manual_seed(0)
+    up = Upsample2D(4, use_conv=True).eval().requires_grad_(False)
+    x = torch.randn(1, 4, 5, 6)
+    expected = up(x)
+    calls = []
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return upsample_by_phases(*args)
+
+    monkeypatch.setattr(adopt_module, "upsample_by_phases", spy)
+    adopt_module.adopt(up)
+    assert _close(up(x), expected) and calls == [x.shape]
+    assert up(x, output_size=(11, 12)).shape == (1, 4, 11, 12) and len(calls) == 1

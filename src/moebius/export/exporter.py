@@ -232,7 +232,9 @@ def export_loaded(
         traced = work / "traced"
         traced.mkdir()
         started = time.perf_counter()
-        for spec in graph_specs(pipe.model, pipe.vae, pipe.pixel_multiple):
+        for spec in graph_specs(
+            pipe.model, pipe.vae, pipe.pixel_multiple, pipe.schedule.num_train_timesteps
+        ):
             clock = time.perf_counter()
             to_onnx(spec, traced / f"{spec.name}.onnx")
             log(f"traced {spec.name} in {time.perf_counter() - clock:.1f} s")

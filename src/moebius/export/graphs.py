@@ -4,7 +4,9 @@
   forms (:mod:`moebius.nn.export_forms`), the LCG tokens of both categories resolved into a
   constant table: ``sample`` (B, 9, h, w) = latents, latent mask, masked-image latents (the
   layout the model is trained on), ``timestep`` (1 or B,) int64, ``category`` (B,) int64
-  (0 background, 1 foreground) → ``noise`` (B, 4, h, w).
+  (0 background, 1 foreground) → ``noise`` (B, 4, h, w). The timestep's sinusoidal features
+  come from a constant table of every training timestep, so runtimes that compute in a lower
+  precision never round the angles.
 * ``vae_encoder``: ``pixels`` (B, 3, H, W) in [−1, 1] → the posterior's ``mean`` and ``std``
   (unscaled), so that sampling happens outside with the runtime's random numbers.
 * ``vae_decoder``: ``latents`` (B, 4, h, w), unscaled → ``pixels`` (B, 3, H, W) in about [−1, 1].
@@ -41,11 +43,12 @@ class GraphSpec:
 class Denoiser(nn.Module):
     """The student behind ``(sample, timestep, category) → noise``; see the module docstring."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, num_train_timesteps: int):
         super().__init__()
         if not getattr(model, "fused", False):
             raise ValueError("fold the BatchNorms first: model.eval().fuse()")
         self.unet = model.diff_model
+        self.unet.time_embedding.tabulate(num_train_timesteps)
         ids = torch.tensor([c.token_ids for c in CATEGORIES])
         with torch.no_grad():
             self.register_buffer("contexts", model.embedding_layer(ids).detach().clone())
@@ -76,7 +79,9 @@ class VaeDecoder(nn.Module):
         return self.vae.decode(latents).sample
 
 
-def graph_specs(model: nn.Module, vae: nn.Module, pixel_multiple: int) -> list[GraphSpec]:
+def graph_specs(
+    model: nn.Module, vae: nn.Module, pixel_multiple: int, num_train_timesteps: int
+) -> list[GraphSpec]:
     """The three graphs of a (fused) model and its VAE. They are traced at batch 2 and the
     smallest square side the model takes, twice ``pixel_multiple`` pixels: the graphs keep
     both dynamic, so the size only sets how long tracing takes."""
@@ -93,7 +98,7 @@ def graph_specs(model: nn.Module, vae: nn.Module, pixel_multiple: int) -> list[G
     return [
         GraphSpec(
             "denoiser",
-            Denoiser(model),
+            Denoiser(model, num_train_timesteps),
             (sample, torch.tensor([500]), torch.tensor([1, 0])),
             ("sample", "timestep", "category"),
             ("noise",),

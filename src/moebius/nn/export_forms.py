@@ -128,25 +128,32 @@ def position_table(table: torch.Tensor, side: int, size) -> torch.Tensor:
     return grid.reshape(-1, tokens, depth)
 
 
-def upsample_conv(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """``conv`` (3×3, padding 1) of ``x`` upsampled ×2 by nearest neighbours, on ``x`` itself.
+def upsample_phase_kernel(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The four phases' 2×2 kernels of ``conv`` (3×3, padding 1) after a nearest ×2, as one
+    (4·out, in, 2, 2) kernel in the order (0,0) (0,1) (1,0) (1,1), and its bias.
 
     Output row 2i + a reads upsampled rows 2i + a − 1 … 2i + a + 1, that is input rows
     i − 1, i, i (a = 0) or i, i, i + 1 (a = 1): a 2-tap kernel whose taps are sums of the 3×3
-    kernel's rows, and the same along columns. One 2×2 convolution with the four phases'
-    kernels as output channels, over the input padded by one, gives phase (a, b) at offset
-    (a, b) of its output."""
-    weight = conv.weight
-    out_channels, in_channels = weight.shape[:2]
+    kernel's rows, and the same along columns. This kernel over the input padded by one gives
+    phase (a, b) at offset (a, b) of its output. The taps are summed in float32."""
+    weight = conv.weight.float()
     first, middle, last = weight[:, :, 0], weight[:, :, 1], weight[:, :, 2]
     rows = [torch.stack([first, middle + last], 2), torch.stack([first + middle, last], 2)]
     phases = []
     for taps in rows:  # (out, in, 2 rows, 3 columns) for a = 0, 1
         left, centre, right = taps[..., 0], taps[..., 1], taps[..., 2]
         phases += [torch.stack([left, centre + right], 3), torch.stack([left + centre, right], 3)]
-    kernel = torch.cat(phases).to(x.dtype)  # (4·out, in, 2, 2), phases (0,0) (0,1) (1,0) (1,1)
-    bias = None if conv.bias is None else conv.bias.repeat(4).to(x.dtype)
-    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, bias)  # (B, 4·out, H + 1, W + 1)
+    kernel = torch.cat(phases).to(conv.weight.dtype)
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    return kernel, bias
+
+
+def upsample_conv(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """``conv`` (3×3, padding 1) of ``x`` upsampled ×2 by nearest neighbours, on ``x`` itself
+    (:func:`upsample_phase_kernel`), the phases interleaved by a pixel shuffle."""
+    kernel, bias = upsample_phase_kernel(conv)
+    out_channels = conv.out_channels
+    y = F.conv2d(x, kernel.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=1)
     b, _, height, width = x.shape
     y = y.reshape(b, 4, out_channels, height + 1, width + 1)
     # Phase (a, c) read at its offset, the four stacked behind each channel: the layout of a
