@@ -266,6 +266,18 @@ def test_denoiser_looks_timestep_features_up(onnx_dir, torch_pipe):
     assert len(tables) == 1 and np.array_equal(tables[0], features)
 
 
+def test_openvino_releases_compiled_shapes(openvino_dir):
+    pipe = ExportedInpaintPipeline.from_exported(openvino_dir, threads=1)
+    sample = np.random.default_rng(0).standard_normal((2, 9, 4, 4), dtype=np.float32)
+    feeds = {"sample": sample, "timestep": np.array([10]), "category": np.array([0, 1])}
+    (first,) = pipe.engine.run("denoiser", feeds)
+    assert pipe.engine.compiled["denoiser"]
+    pipe.engine.release()
+    assert not any(pipe.engine.compiled.values())
+    (again,) = pipe.engine.run("denoiser", feeds)
+    np.testing.assert_array_equal(first, again)
+
+
 def test_feature_table_is_not_saved_with_the_weights():
     model = tiny_model()
     keys = set(model.state_dict())
