@@ -23,7 +23,8 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour ×2 then a 3×3 conv; ``size`` overrides ×2 to match a skip tensor.
 
-    Without gradients an exact ×2 runs on the small map (:func:`upsample_by_phases`).
+    Without gradients an exact ×2 runs on the small map (:func:`upsample_by_phases`), except
+    on the plain path (``plain``: the textbook form, as the paper counts its arithmetic).
     ``export``: the same maths with the phases interleaved by a pixel shuffle
     (:func:`moebius.nn.export_forms.upsample_conv`), for graphs whose sides halve exactly at
     every level (the pipelines' pixel multiple), where ``size`` is always ×2."""
@@ -32,11 +33,12 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.export = False
+        self.plain = False
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         if self.export:
             return upsample_conv(x, self.conv)
-        if by_phases(x, self.conv, size):
+        if not self.plain and by_phases(x, self.conv, size):
             return upsample_by_phases(x, self.conv)
         if size is None:
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
