@@ -423,7 +423,10 @@ def _train_student_in_worker(job: tuple) -> None:
 
 
 def stage_students(cfg: RecipeConfig, out: Path) -> dict:
+    """Every student run; ``<out>/students/result.json`` keeps the stage's wall-clock seconds,
+    which with ``jobs`` > 1 are less than the runs' own seconds added up."""
     pending = [run for run in student_runs(cfg) if _stage_done(out / run[0]) is None]
+    started = time.perf_counter()
     if cfg.jobs > 1 and len(pending) > 1:
         # Separate processes, each with its share of the threads: these small networks use
         # one core far better than they share two. Each run resumes on its own as before.
@@ -436,6 +439,10 @@ def stage_students(cfg: RecipeConfig, out: Path) -> dict:
     else:
         for name, kd, seed in pending:
             _train_student(cfg, out, name, kd, seed)
+    if pending:
+        earlier = (_stage_done(out / "students") or {}).get("seconds", 0.0)
+        seconds = earlier + time.perf_counter() - started
+        _finish_stage(out / "students", {"seconds": seconds, "jobs": cfg.jobs})
     return {name: _stage_done(out / name) for name, _, _ in student_runs(cfg)}
 
 
