@@ -1,9 +1,11 @@
 """The small-scale recipe end to end at a tiny scale on generated photos: every stage, the
 report, resuming, and the bundled pipeline through the CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
@@ -70,11 +72,22 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert "Verdict" in report and "photo4" in report and "navier-stokes" in report
     assert (tmp_path / "docs" / "images" / "small_scale_contact_sheet.png").stat().st_size > 0
 
-    # A second run finds every stage finished and redoes nothing.
+    # The students stage keeps its wall clock, which the report adds up with the other stages'.
     run_dir = tmp_path / "run"
+    students = json.loads((run_dir / "students" / "result.json").read_text())
+    assert students["jobs"] == 2 and students["seconds"] > 0
+    assert "2 at a time in separate processes" in report and "evaluation" in report
+
+    # A second run finds every stage finished and redoes nothing.
     stamp = (run_dir / "eval" / "result.json").stat().st_mtime_ns
     assert run(cfg)["rows"] == result["rows"]
     assert (run_dir / "eval" / "result.json").stat().st_mtime_ns == stamp
+
+    # Sampled in one process instead of two, the evaluation scores the same fills.
+    (run_dir / "eval" / "result.json").unlink()
+    alone = run(dataclasses.replace(cfg, jobs=1, docs=None, bundle=None))
+    for name, row in result["rows"].items():
+        assert alone["rows"][name]["masked_psnr"] == pytest.approx(row["masked_psnr"], abs=0.05)
 
     # The decoder stage retrained the VAE's decoder only (the latents the cache holds stay
     # valid), and the bundle ships that decoder.

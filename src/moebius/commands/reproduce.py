@@ -74,9 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="train this many students at once, in separate processes that share the "
-        "threads (default: 1; on 2 cores, --jobs 2 with 2 threads trains two students on one "
-        "core each)",
+        help="train this many students at once, and sample the evaluation's fills with this "
+        "many models at once, in separate processes that share the threads (default: 1; on 2 "
+        "cores, --jobs 2 with 2 threads runs two on one core each)",
     )
     parser.set_defaults(func=run)
 

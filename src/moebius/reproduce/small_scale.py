@@ -416,29 +416,30 @@ def _train_student(cfg: RecipeConfig, out: Path, name: str, kd: bool, seed: int)
     )
 
 
-def _train_student_in_worker(job: tuple) -> None:
-    cfg, out, name, kd, seed, threads = job
+def _with_threads(work, threads: int, job: tuple):
     torch.set_num_threads(threads)
-    _train_student(cfg, out, name, kd, seed)
+    return work(*job)
+
+
+def _map(work, jobs: list[tuple], processes: int) -> list:
+    """``work(*job)`` for every job, in order; with ``processes`` > 1 in that many separate
+    processes, each with its share of the threads: these small networks use one core far
+    better than they share two."""
+    if processes == 1 or len(jobs) < 2:
+        return [work(*job) for job in jobs]
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // processes)
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+        return pool.map(partial(_with_threads, work, threads), jobs, chunksize=1)
 
 
 def stage_students(cfg: RecipeConfig, out: Path) -> dict:
-    """Every student run; ``<out>/students/result.json`` keeps the stage's wall-clock seconds,
-    which with ``jobs`` > 1 are less than the runs' own seconds added up."""
+    """Every student run (each resumes on its own); ``<out>/students/result.json`` keeps the
+    stage's wall-clock seconds, less than the runs' own seconds added up when ``jobs`` > 1."""
     pending = [run for run in student_runs(cfg) if _stage_done(out / run[0]) is None]
     started = time.perf_counter()
-    if cfg.jobs > 1 and len(pending) > 1:
-        # Separate processes, each with its share of the threads: these small networks use
-        # one core far better than they share two. Each run resumes on its own as before.
-        import multiprocessing
-
-        threads = max(1, torch.get_num_threads() // cfg.jobs)
-        jobs = [(cfg, out, name, kd, seed, threads) for name, kd, seed in pending]
-        with multiprocessing.get_context("spawn").Pool(min(cfg.jobs, len(jobs))) as pool:
-            pool.map(_train_student_in_worker, jobs, chunksize=1)
-    else:
-        for name, kd, seed in pending:
-            _train_student(cfg, out, name, kd, seed)
+    _map(_train_student, [(cfg, out, *run) for run in pending], cfg.jobs)
     if pending:
         earlier = (_stage_done(out / "students") or {}).get("seconds", 0.0)
         seconds = earlier + time.perf_counter() - started
@@ -549,35 +550,43 @@ def _inpaint_seconds(
     return _median_seconds(lambda: _inpaint(pipe, [image], [mask], cfg, own), repeats=2)
 
 
+def _model_fills(
+    cfg: RecipeConfig, out: Path, model: str, own: dict | None
+) -> tuple[list[np.ndarray], int]:
+    """``model``'s fills of every held-out case (at ``own`` settings over the recipe's) and its
+    parameter count."""
+    _, images, masks = _heldout_cases(out)
+    pipe = _load_pipeline(out, out / model / "final", cfg)
+    return _fills(pipe, images, masks, cfg, own), sum(p.numel() for p in pipe.model.parameters())
+
+
 def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
     directory = out / "eval"
     if (done := _stage_done(directory)) is not None:
         return done
+    started = time.perf_counter()
     cases, images, masks = _heldout_cases(out)
     scores: dict[str, dict[str, list[float]]] = {}
     samples: dict[str, list[np.ndarray]] = {}
-    parameters, seconds = {}, {}
     for method in ("telea", "navier-stokes"):
         samples[method] = [_classical(i, m, method) for i, m in zip(images, masks, strict=True)]
         scores[method] = _case_scores(samples[method], images, masks)
     models = ["teacher"] + [name for name, _, _ in student_runs(cfg)]
-    for name in models:
-        pipe = _load_pipeline(out, out / name / "final", cfg)
-        samples[name] = _fills(pipe, images, masks, cfg)
-        scores[name] = _case_scores(samples[name], images, masks)
-        parameters[name] = sum(p.numel() for p in pipe.model.parameters())
-        if name in ("teacher", models[1]):
-            seconds["teacher" if name == "teacher" else "student"] = _inpaint_seconds(
-                pipe, images[0], masks[0], cfg
-            )
-
     first_kd, first_nokd = models[1], models[2]
-    # the bundled demo: the first KD student at the demo's own settings
-    pipe = _load_pipeline(out, out / first_kd / "final", cfg)
-    samples[DEMO_ROW] = _fills(pipe, images, masks, cfg, cfg.demo_settings)
-    scores[DEMO_ROW] = _case_scores(samples[DEMO_ROW], images, masks)
-    parameters[DEMO_ROW] = parameters[first_kd]
-    seconds["demo"] = _inpaint_seconds(pipe, images[0], masks[0], cfg, cfg.demo_settings)
+    # row → (model, settings over the recipe's); the demo's row: the first KD student at the
+    # demo's own settings
+    sampled = {name: (name, None) for name in models} | {DEMO_ROW: (first_kd, cfg.demo_settings)}
+    # the times per inpaint are taken afterwards, alone
+    fills = _map(_model_fills, [(cfg, out, *row) for row in sampled.values()], cfg.jobs)
+    parameters = {}
+    for name, (row_samples, count) in zip(sampled, fills, strict=True):
+        samples[name], parameters[name] = row_samples, count
+        scores[name] = _case_scores(row_samples, images, masks)
+    seconds = {}
+    for key, name in (("teacher", "teacher"), ("student", first_kd), ("demo", DEMO_ROW)):
+        model, own = sampled[name]
+        pipe = _load_pipeline(out, out / model / "final", cfg)
+        seconds[key] = _inpaint_seconds(pipe, images[0], masks[0], cfg, own)
     samples["masked"] = [
         np.where(m[..., None] > 0, 255, i).astype(np.uint8)
         for i, m in zip(images, masks, strict=True)
@@ -603,9 +612,10 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
         "demo_model": first_kd,
         "config": asdict(cfg),
         "threads": torch.get_num_threads(),
-        "stages": {s: _stage_done(out / s) for s in ("vae", "decoder", "cache", "teacher")}
+        "stages": {s: _stage_done(out / s) for s in TRAINING_STAGES}
         | {n: _stage_done(out / n) for n, _, _ in student_runs(cfg)},
         "data": {k: v for k, v in _stage_done(out / "data").items() if k != "cases"},
+        "seconds": time.perf_counter() - started,
     }
     return _finish_stage(directory, result)
 
@@ -722,7 +732,9 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         )
 
     vae, decoder = stages["vae"], stages["decoder"]
-    minutes = sum(s.get("seconds", 0) for s in stages.values() if s) / 60
+    minutes = {s: stages[s]["seconds"] / 60 for s in TRAINING_STAGES}
+    training = sum(minutes.values())
+    evaluation = result["seconds"] / 60
     times = result["inpaint_seconds"]
     data = result["data"]
     lines = [
@@ -753,7 +765,11 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         " foreground); noise offset 0.0357, SD `scaled_linear` schedule,"
         f" {'ε' if cfg['prediction_type'] == 'epsilon' else 'v'}-prediction; students start"
         " near identity (`moebius.nn.initialisation.start_near_identity`).",
-        f"- Total training time: {minutes:.0f} min.",
+        f"- Time on this machine: {training + evaluation:.0f} min in all, not counting the photo"
+        f" download: training {training:.0f} min (VAE {minutes['vae']:.0f}, decoder"
+        f" {minutes['decoder']:.0f}, latent cache {minutes['cache']:.0f}, teacher"
+        f" {minutes['teacher']:.0f}, students {minutes['students']:.0f} with"
+        f" {_jobs_text(stages['students']['jobs'])}), evaluation {evaluation:.0f} min.",
         "",
         f"## Results ({cfg['sample_steps']} DDIM steps, guidance {cfg['guidance']},"
         " masked-region metrics, strength 1, no paste-back)",
@@ -792,6 +808,12 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
     text = "\n".join(lines)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
+
+
+def _jobs_text(jobs: int) -> str:
+    if jobs == 1:
+        return "one at a time"
+    return f"{jobs} at a time in separate processes, sampling for the evaluation too"
 
 
 def _cpu_name() -> str:
@@ -837,6 +859,9 @@ def bundle_demo(out: Path, destination: Path, cfg: RecipeConfig) -> None:
 
 
 STAGES = ("data", "vae", "decoder", "cache", "teacher", "students", "eval")
+# run one after another; their seconds add up to the recipe's training time (the students
+# stage keeps its own wall clock, less than its runs' seconds when they run side by side)
+TRAINING_STAGES = ("vae", "decoder", "cache", "teacher", "students")
 
 
 def write_photo_licences(manifest: dict, docs: Path) -> Path:
