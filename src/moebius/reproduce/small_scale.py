@@ -112,7 +112,7 @@ class RecipeConfig:
     docs: str | None = "docs"  # where the report goes; None = only under ``out``
     bundle: str | None = None  # write the KD student (first seed) + VAE as a pipeline here
     # the bundled demo's own defaults: at this scale the students paint mottled texture from
-    # noise (about 2.8 dB below Telea inside the hole), so the demo starts from Telea's fill
+    # noise (about 2.7 dB below Telea inside the hole), so the demo starts from Telea's fill
     # noised to t = 250 and runs the last 5 of 20 DDIM steps, one branch (no guidance)
     demo_settings: dict = field(
         default_factory=lambda: {
@@ -768,8 +768,8 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         f"- Time on this machine: {training + evaluation:.0f} min in all, not counting the photo"
         f" download: training {training:.0f} min (VAE {minutes['vae']:.0f}, decoder"
         f" {minutes['decoder']:.0f}, latent cache {minutes['cache']:.0f}, teacher"
-        f" {minutes['teacher']:.0f}, students {minutes['students']:.0f} with"
-        f" {_jobs_text(stages['students']['jobs'])}), evaluation {evaluation:.0f} min.",
+        f" {minutes['teacher']:.0f}, students {minutes['students']:.0f}"
+        f"{_jobs_text(stages['students']['jobs'])}), evaluation {evaluation:.0f} min.",
         "",
         f"## Results ({cfg['sample_steps']} DDIM steps, guidance {cfg['guidance']},"
         " masked-region metrics, strength 1, no paste-back)",
@@ -812,8 +812,8 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
 
 def _jobs_text(jobs: int) -> str:
     if jobs == 1:
-        return "one at a time"
-    return f"{jobs} at a time in separate processes, sampling for the evaluation too"
+        return ""
+    return f", {jobs} at a time in separate processes, as the evaluation sampled"
 
 
 def _cpu_name() -> str:
