@@ -1,7 +1,8 @@
 """Our Moebius student against the authors' own implementation, side by side in one process.
 
     python scripts/compare_authors.py --authors-code PATH [--size 512] [--batches 1,2]
-        [--threads 2] [--repeats 3] [--out docs/bench/authors-side-by-side]
+        [--dtypes float32,bfloat16] [--threads 2] [--repeats 3]
+        [--out docs/bench/authors-side-by-side]
 
 PATH is a clone of https://github.com/hustvl/Moebius. Both students are built from the authors'
 ``config/model_cfg/moebius.yaml`` for the same image size and given the same random weights
@@ -9,7 +10,8 @@ PATH is a clone of https://github.com/hustvl/Moebius. Both students are built fr
 their noise predictions agree, then times one denoising step of each in turns (A B C A B C …,
 after a warm-up call each): theirs in float32 and in bfloat16 (bfloat16 weights under autocast,
 the usual way to run a diffusers model in reduced precision), ours in float32 and bfloat16 as
-``moebius inpaint --dtype`` runs it. Same process, threads, inputs and allocator settings for
+``moebius inpaint --dtype`` runs it (``--dtypes float32`` on CPUs without native bfloat16, where
+neither would run in it). Same process, threads, inputs and allocator settings for
 all. Writes ``compare.json`` (medians, every run, the ratios, the output check, the machine).
 
 The Python running it needs moebius and the authors' inference dependencies (diffusers, einops,
@@ -177,12 +179,10 @@ def compare(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # what moebius does on the CPU; process-wide, so for both
     theirs, ours = build_pair(Path(args.authors_code), args.size, args.seed)
-    models = {
-        ("authors", "float32"): theirs,
-        ("ours", "float32"): ours,
-        ("authors", "bfloat16"): copy.deepcopy(theirs).to(torch.bfloat16),
-        ("ours", "bfloat16"): copy.deepcopy(ours).to(torch.bfloat16),
-    }
+    models = {("authors", "float32"): theirs, ("ours", "float32"): ours}
+    if "bfloat16" in args.dtypes:
+        models[("authors", "bfloat16")] = copy.deepcopy(theirs).to(torch.bfloat16)
+        models[("ours", "bfloat16")] = copy.deepcopy(ours).to(torch.bfloat16)
     results, checks = [], []
     for batch in args.batches:
         inputs = _inputs(batch, args.size, args.seed)
@@ -240,12 +240,21 @@ def main() -> int:
     parser.add_argument("--authors-code", required=True, help="a clone of hustvl/Moebius")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (512)")
     parser.add_argument("--batches", default="1,2", help="batch sizes; 2 is one CFG step (1,2)")
+    parser.add_argument(
+        "--dtypes",
+        default="float32,bfloat16",
+        help="precisions to time; float32 always runs, as the reference (float32,bfloat16)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (3)")
     parser.add_argument("--seed", type=int, default=1, help="of the random weights and inputs")
     parser.add_argument("--out", default="docs/bench/authors-side-by-side", help="folder")
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    dtypes = {d.strip() for d in args.dtypes.split(",") if d.strip()}
+    if not dtypes <= {"float32", "bfloat16"}:
+        sys.exit("compare_authors: --dtypes takes float32 and bfloat16")
+    args.dtypes = ["float32", *(["bfloat16"] if "bfloat16" in dtypes else [])]
     if args.size % 64 or args.size < 64:
         sys.exit("compare_authors: --size must be a multiple of 64 pixels")
     found = compare(args)
@@ -253,6 +262,7 @@ def main() -> int:
         [
             f"--size {args.size}",
             f"--batches {','.join(map(str, args.batches))}",
+            f"--dtypes {','.join(args.dtypes)}",
             f"--threads {args.threads}",
             f"--repeats {args.repeats}",
             f"--out {args.out}",
@@ -266,6 +276,7 @@ def main() -> int:
         "settings": {
             "size": args.size,
             "batches": args.batches,
+            "dtypes": args.dtypes,
             "threads": args.threads,
             "repeats": args.repeats,
             "seed": args.seed,

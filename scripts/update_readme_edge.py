@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from moebius.cpu import describe_cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BENCH = ROOT / "docs" / "bench" / "edge-512"
@@ -58,7 +60,7 @@ def render(bench: dict, demo: dict, export: dict) -> str:
     )
     steps = bench["settings"]["steps"]
     lines = [
-        f"Measured on an {machine['cpu']} VM with {machine['threads']} threads, on "
+        f"Measured on a VM ({describe_cpu(machine)}) with {machine['threads']} threads, on "
         f"{bench['created'][:10]} (torch {machine['torch']}, onnxruntime "
         f"{export['versions']['onnxruntime']}, openvino {export['versions']['openvino']}), by:",
         "",

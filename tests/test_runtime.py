@@ -52,6 +52,26 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(fake_cpu, flags, native):
     assert "avx512f" in cpu.cpu_flags()
 
 
+def test_cpus_sold_under_one_name_tune_apart(fake_cpu, tmp_path, monkeypatch):
+    """Cloud VMs report "AMD EPYC" for parts with and without AVX-512 BF16: engines tuned on
+    one must not be read on the other, and reports must say which one they ran on."""
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path))
+    fake_cpu("avx512_bf16", model="AMD EPYC", vendor="AuthenticAMD")
+    with_bf16 = engines.cache_path(threads=2)
+    assert engines.cache_path(threads=2) == with_bf16  # stable on one CPU
+    assert cpu.vector_extensions() == ["AVX2", "AVX-512", "AVX-512 BF16"]
+    fake_cpu("avx512_vnni", model="AMD EPYC", vendor="AuthenticAMD")
+    without = engines.cache_path(threads=2)
+    assert without != with_bf16 and without.parent == with_bf16.parent
+    assert "AMD-EPYC" in without.name and "2t" in without.name
+    assert cpu.describe_cpu({"cpu": "AMD EPYC", "cpu_extensions": cpu.vector_extensions()}) == (
+        "AMD EPYC with AVX-512"
+    )
+    assert cpu.describe_cpu({"cpu": "AMD EPYC", "native_bfloat16": True}) == (
+        "AMD EPYC with native bfloat16"
+    )
+
+
 @pytest.mark.parametrize(
     "flags, speedup, expected",
     [

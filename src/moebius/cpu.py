@@ -2,6 +2,7 @@
 set extensions (Linux reports them in /proc/cpuinfo)."""
 
 import functools
+import hashlib
 import platform
 from pathlib import Path
 
@@ -43,3 +44,44 @@ def cpu_flags() -> frozenset[str]:
 def native_bfloat16() -> bool:
     """Whether the CPU computes bfloat16 products natively rather than by conversion."""
     return bool(cpu_flags() & set(NATIVE_BFLOAT16_FLAGS))
+
+
+# The vector and matrix extensions that decide which kernels are fastest, as people name them.
+VECTOR_EXTENSIONS = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_bf16", "AVX-512 BF16"),
+    ("amx_bf16", "AMX"),
+    ("asimd", "NEON"),
+    ("sve", "SVE"),
+    ("bf16", "Arm BF16"),
+)
+
+
+def vector_extensions() -> list[str]:
+    """This CPU's extensions among :data:`VECTOR_EXTENSIONS`, e.g. ``["AVX2", "AVX-512",
+    "AVX-512 BF16"]``."""
+    flags = cpu_flags()
+    return [name for flag, name in VECTOR_EXTENSIONS if flag in flags]
+
+
+def cpu_signature() -> str:
+    """Eight hex digits that tell CPUs apart by what decides kernel speed: vendor, family, model
+    (or Arm's implementer and part) and extensions. One marketing name can cover several kinds:
+    cloud VMs report "AMD EPYC" for AVX2-only and for AVX-512 BF16 parts alike."""
+    info = _cpuinfo()
+    identity = ("vendor_id", "cpu family", "model", "CPU implementer", "CPU part")
+    text = "\n".join([*(info.get(key, "") for key in identity), *sorted(cpu_flags())])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def describe_cpu(machine: dict) -> str:
+    """A bench report's CPU as a reader needs it: the model and its widest extension, e.g.
+    ``AMD EPYC with AVX-512 BF16`` or ``AMD EPYC with AVX2``. Reports that predate the extension
+    list say whether the CPU had native bfloat16."""
+    extensions = machine.get("cpu_extensions")
+    if extensions:
+        return f"{machine['cpu']} with {extensions[-1]}"
+    if machine.get("native_bfloat16"):
+        return f"{machine['cpu']} with native bfloat16"
+    return machine["cpu"]

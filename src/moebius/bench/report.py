@@ -4,6 +4,7 @@ report and a log-log plot."""
 import math
 from pathlib import Path
 
+from moebius.cpu import describe_cpu
 from moebius.files import atomic_write
 
 REFERENCE_SIZE = (512, 512)
@@ -124,7 +125,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# moebius bench",
         "",
-        f"Machine: {m.get('gpu') or m['cpu']} ({m['device']}, {m['threads']} threads), "
+        f"Machine: {m.get('gpu') or describe_cpu(m)} ({m['device']}, {m['threads']} threads), "
         f"torch {m['torch']}, {report['created']}. FLOPs: {report['flop_convention']}.",
         "",
         "## Ratios (per step; lower is faster)",
@@ -286,7 +287,8 @@ def plot(report: dict, path: Path) -> None:
         ax.loglog(px, ms, marker="o", label=label)
     ax.set_xlabel("pixels per image")
     ax.set_ylabel(f"ms per step (batch {batch})")
-    ax.set_title(f"moebius bench — {report['machine'].get('gpu') or report['machine']['cpu']}")
+    machine = report["machine"]
+    ax.set_title(f"moebius bench — {machine.get('gpu') or describe_cpu(machine)}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from moebius.cpu import cpu_model, native_bfloat16
+from moebius.cpu import cpu_model, cpu_signature, native_bfloat16, vector_extensions
 from moebius.files import write_json
 from moebius.nn.kernels import (
     ACTIVATIONS,
@@ -95,11 +95,12 @@ def cache_dir() -> Path:
 
 
 def cache_path(threads: int | None = None) -> Path:
-    """This machine's cache file for ``threads`` (default: the current thread count)."""
+    """This machine's cache file for ``threads`` (default: the current thread count), named by
+    the CPU's model and :func:`~moebius.cpu.cpu_signature` and by the torch version."""
     threads = threads or torch.get_num_threads()
     cpu = re.sub(r"[^A-Za-z0-9]+", "-", cpu_model()).strip("-") or "cpu"
     version = re.sub(r"[^A-Za-z0-9.]+", "-", torch.__version__)
-    return cache_dir() / f"engines-{cpu}-{threads}t-torch{version}.json"
+    return cache_dir() / f"engines-{cpu}-{cpu_signature()}-{threads}t-torch{version}.json"
 
 
 class EngineTable:
@@ -137,6 +138,7 @@ class EngineTable:
             document = {
                 "schema": SCHEMA,
                 "cpu": cpu_model(),
+                "cpu_extensions": vector_extensions(),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "choices": dict(sorted(self.choices.items())),
