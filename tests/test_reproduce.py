@@ -11,6 +11,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from moebius.cli import main as cli_main
+from moebius.cpu import cpu_model, describe_cpu
 from moebius.reproduce.small_scale import (
     DEMO_ROW,
     RecipeConfig,
@@ -70,6 +71,9 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert trained == {"photo0", "photo1", "photo2"}  # the last two by name are held out
     report = (tmp_path / "docs" / "small_scale.md").read_text()
     assert "Verdict" in report and "photo4" in report and "navier-stokes" in report
+    # The machine that measured is kept with the numbers, so a rewritten report still names it.
+    assert result["machine"]["cpu"] == cpu_model()
+    assert f"Machine: {describe_cpu(result['machine'])} (" in report
     assert (tmp_path / "docs" / "images" / "small_scale_contact_sheet.png").stat().st_size > 0
 
     # The students stage keeps its wall clock, which the report adds up with the other stages'.

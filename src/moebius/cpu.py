@@ -75,6 +75,15 @@ def cpu_signature() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def cpu_facts() -> dict:
+    """What reports record of the CPU they ran on (read back by :func:`describe_cpu`)."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_extensions": vector_extensions(),
+        "native_bfloat16": native_bfloat16(),
+    }
+
+
 def describe_cpu(machine: dict) -> str:
     """A bench report's CPU as a reader needs it: the model and its widest extension, e.g.
     ``AMD EPYC with AVX-512 BF16`` or ``AMD EPYC with AVX2``. Reports that predate the extension

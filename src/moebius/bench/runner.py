@@ -23,7 +23,7 @@ from moebius.bench.measure import (
 )
 from moebius.bench.subjects import Subject, build_subjects
 from moebius.bench.vae import decoded_difference
-from moebius.cpu import cpu_model, native_bfloat16, vector_extensions
+from moebius.cpu import cpu_facts
 from moebius.models.registry import SDXL_VAE_CONFIG
 from moebius.nn import engines
 from moebius.nn.adopt import adopt
@@ -598,9 +598,7 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
-        "cpu_extensions": vector_extensions(),
-        "native_bfloat16": native_bfloat16(),
+        **cpu_facts(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
