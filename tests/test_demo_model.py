@@ -38,7 +38,12 @@ def test_default_model_falls_back_to_the_demo_offline(tmp_path, monkeypatch, cap
         ]
     )
     assert code == 0
-    assert "moebius-demo" in capsys.readouterr().err
+    note = capsys.readouterr().err
+    assert "moebius-demo" in note
+    from moebius.pipeline import MoebiusInpaintPipeline
+
+    denoiser = MoebiusInpaintPipeline.from_pretrained("moebius-demo").model
+    assert f"a {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f}M-parameter" in note
     before, after = np.asarray(photo), np.asarray(Image.open(tmp_path / "out.png"))
     assert after.shape == before.shape
     hole = np.asarray(mask) > 0

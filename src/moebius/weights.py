@@ -223,11 +223,31 @@ def _human_size(size: int) -> str:
     return f"{size} bytes"
 
 
+def stored_parameters(directory: Path) -> int:
+    """Parameters in a directory's .safetensors files, counted from their headers alone
+    (BatchNorm's running statistics are stored too, but are state, not parameters)."""
+    import math
+
+    from safetensors import safe_open
+
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    count = 0
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as stored:
+            count += sum(
+                math.prod(stored.get_slice(key).get_shape())
+                for key in stored.keys()  # noqa: SIM118 (safe_open is not iterable)
+                if key.rsplit(".", 1)[-1] not in statistics
+            )
+    return count
+
+
 def _demo_note(why: str, advice: str) -> str:
+    denoiser = stored_parameters(BUNDLED[DEMO] / "model") / 1e6
     return (
         f"the official weights are not in the Hugging Face cache and {why}, so the bundled "
-        f"{DEMO} model is used (2.3M parameters trained on 8 photos on a CPU: a demonstration, "
-        f"far below the paper's quality); {advice}"
+        f"{DEMO} model is used (a {denoiser:.1f}M-parameter denoiser trained by `moebius "
+        f"reproduce small` on a CPU: a demonstration, far below the paper's quality); {advice}"
     )
 
 
