@@ -11,6 +11,7 @@ from helpers import tiny_vae
 import moebius
 from moebius.bench import fit_exponent, measured_flops, student_flops
 from moebius.cli import main as cli_main
+from moebius.cpu import native_bfloat16
 from moebius.nn import engines
 from moebius.nn.engines import CACHE_ENV, MODE_ENV
 from moebius.nn.fusion import set_plain
@@ -82,6 +83,9 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys, 
                 moebius.build_model(tiny_config_path).config, h // 8, w // 8, row["batch"]
             )
     assert set(report["roofline_flops_per_s"]) == {"float32", "bfloat16"}
+    # bfloat16 computed by conversion is said to be so, on the CPUs that convert it
+    converted = any("no native bfloat16" in note for note in report.get("notes", []))
+    assert converted is not native_bfloat16()
     for dtype, rates in report["roofline_by_engine_flops_per_s"].items():
         assert "matmul" in rates and set(rates) <= {"matmul", *LINEAR_ENGINES} - {"aten"}
         assert report["roofline_flops_per_s"][dtype] == max(rates.values())

@@ -146,3 +146,24 @@ def test_inpaint_runs_in_what_auto_resolves_to(fake_cpu, tmp_path, monkeypatch, 
     assert (out / "a.png").is_file()
     choices = json.loads(cache.read_text())["choices"]
     assert all(choices[key] == entry for key, entry in measured.items())  # read, not retimed
+
+
+@pytest.mark.parametrize("flags, noted", [("avx2", True), ("avx512_bf16", False)])
+def test_explicit_bfloat16_without_native_support_gets_a_note(
+    fake_cpu, tmp_path, capsys, flags, noted
+):
+    """``--dtype bfloat16`` is honoured everywhere, but where the CPU converts bfloat16 (many
+    times slower than float32) the user is told, once, on stderr."""
+    fake_cpu(flags)
+    model = tmp_path / "model"
+    MoebiusInpaintPipeline(tiny_model(), tiny_vae()).save_pretrained(model)
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "a.png")
+    hole = np.zeros((64, 64), np.uint8)
+    hole[16:40, 20:44] = 255
+    Image.fromarray(hole).save(tmp_path / "m.png")
+    argv = [tmp_path / "a.png", tmp_path / "m.png", "-o", tmp_path / "out.png", "--model", model]
+    assert main(["inpaint", *map(str, argv), "--steps", "2", "--dtype", "bfloat16", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert ("no native bfloat16" in err) is noted
+    assert err.count("no native bfloat16") <= 1
+    assert (tmp_path / "out.png").is_file()

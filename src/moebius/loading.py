@@ -64,6 +64,11 @@ def load_pipeline(
         model, why = default_model(variant)
         if why and note is not None:
             note(why)
+    if runtime is not None and note is not None:
+        from moebius.runtime import BFLOAT16_BY_CONVERSION, bfloat16_by_conversion
+
+        if bfloat16_by_conversion(runtime.device, runtime.dtype):
+            note(BFLOAT16_BY_CONVERSION)
     pipe = MoebiusInpaintPipeline.from_pretrained(
         model,
         variant=variant,

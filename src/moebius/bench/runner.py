@@ -27,7 +27,7 @@ from moebius.cpu import cpu_facts
 from moebius.models.registry import SDXL_VAE_CONFIG
 from moebius.nn import engines
 from moebius.nn.adopt import adopt
-from moebius.runtime import autocast, synchronize
+from moebius.runtime import autocast, bfloat16_by_conversion, synchronize
 from moebius.settings import InpaintSettings
 
 SCHEMA = "moebius-bench/1"
@@ -514,8 +514,16 @@ class Benchmark:
         by_engine = {d: matmul_rooflines(self.device, DTYPES[d], s.roofline_size) for d in s.dtypes}
         roofline = {d: max(rates.values()) for d, rates in by_engine.items()}
         for d, rates in by_engine.items():
-            each = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in rates.items())
-            self.log(f"matmul roofline {d}: {roofline[d] / 1e9:.0f} GFLOP/s ({each})")
+            each = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in rates.items())
+            self.log(f"matmul roofline {d}: {roofline[d] / 1e9:.1f} GFLOP/s ({each})")
+        if "bfloat16" in s.dtypes and bfloat16_by_conversion(self.device, torch.bfloat16):
+            note = (
+                "this CPU has no native bfloat16: PyTorch computes bfloat16 by conversion, so "
+                "the bfloat16 times and roofline shares measure that conversion, not bfloat16 "
+                "arithmetic; --dtype auto runs float32 here"
+            )
+            self.notes.append(note)
+            self.log(note)
         report = {
             "schema": SCHEMA,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
