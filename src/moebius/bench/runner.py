@@ -304,21 +304,21 @@ class Benchmark:
         }
 
     def vae(self, size: tuple[int, int]) -> dict:
-        """The VAE's fast-path choices timed against the alternatives (SDXL configuration) and
-        its reduced-precision and tiling errors (the trained demo VAE on a photo)."""
+        """The VAE's fast-path choices timed against the alternatives (the pipeline timings'
+        configuration, SDXL's by default) and its reduced-precision and tiling errors (the
+        trained demo VAE on a photo)."""
         from diffusers import AutoencoderKL
 
         from moebius.bench import vae as vae_bench
 
-        config_path = Path(__file__).resolve().parent.parent / "configs" / "sdxl_vae_config.json"
-        sdxl = AutoencoderKL.from_config(json.loads(config_path.read_text()))
-        sdxl = adopt(sdxl.eval().to(self.device))
+        config = json.loads(Path(self.settings.vae_config).read_text())
+        timed = adopt(AutoencoderKL.from_config(config).eval().to(self.device))
         repeats = min(self.settings.repeats, 3)  # seconds per call: fewer runs suffice
         rows = []
         for name in self.settings.dtypes:
             self.log(f"VAE {name} at {size[0]}x{size[1]}")
             rows += vae_bench.timings(
-                sdxl, size, DTYPES[name], partial(self._in_turns, repeats=repeats), self.device
+                timed, size, DTYPES[name], partial(self._in_turns, repeats=repeats), self.device
             )
         low = [d for d in self.settings.dtypes if d != "float32"]
         errors = vae_bench.errors(size, DTYPES[low[0]], self.device) if low else None
