@@ -13,6 +13,7 @@ commands printed. The targets it checks them against are those of the project's 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from moebius.cpu import describe_cpu
@@ -209,6 +210,12 @@ def _targets(side: dict, inpaint: dict, compared: dict | None) -> list[str]:
     return lines
 
 
+def _engine_counts(chosen: dict[str, str]) -> str:
+    """How many shapes each engine was chosen for, e.g. ``aten for 74, onednn for 5``."""
+    counts = Counter(chosen.values())
+    return ", ".join(f"{engine} for {n}" for engine, n in sorted(counts.items()))
+
+
 def _authors_steps(compared: dict) -> str:
     """Their float32 step against ours in each precision the comparison timed, per batch."""
     by = {(r["model"], r["dtype"], r["batch"]): r["median_ms"] for r in compared["results"]}
@@ -308,13 +315,10 @@ def _notes(side: dict, inpaint: dict, growth: dict) -> list[str]:
         lines.append(f"That {dtype} product, GFLOP/s by engine: {each}.")
     chosen = inpaint.get("engines", {}).get("choices")  # the later run: its cache has both
     if chosen:
-        counts: dict[str, int] = {}
-        for engine in chosen.values():
-            counts[engine] = counts.get(engine, 0) + 1
         lines.append(
             "Every product and convolution runs on the engine timed fastest for its shape on "
             "this machine (`moebius.nn.engines`); here: "
-            + ", ".join(f"{engine} for {n}" for engine, n in sorted(counts.items()))
+            + _engine_counts(chosen)
             + f" of the {len(chosen)} shapes in the engine cache after these runs."
             + (
                 f" Timing every engine on the first run's shapes (`--tune`: "
@@ -457,13 +461,8 @@ def _other_cpu(side: dict | None, compared: dict | None) -> list[str]:
     ]
     chosen = side.get("engines", {}).get("choices")
     if chosen:
-        counts: dict[str, int] = {}
-        for engine in chosen.values():
-            counts[engine] = counts.get(engine, 0) + 1
         lines[-1] += (
-            " The engines timed fastest there: "
-            + ", ".join(f"{engine} for {n}" for engine, n in sorted(counts.items()))
-            + f" of {len(chosen)} shapes."
+            f" The engines timed fastest there: {_engine_counts(chosen)} of {len(chosen)} shapes."
         )
     if compared is not None:
         lines[-1] += (

@@ -65,10 +65,10 @@ def load_pipeline(
         if why and note is not None:
             note(why)
     if runtime is not None and note is not None:
-        from moebius.runtime import BFLOAT16_BY_CONVERSION, bfloat16_by_conversion
+        from moebius.runtime import bfloat16_conversion_note
 
-        if bfloat16_by_conversion(runtime.device, runtime.dtype):
-            note(BFLOAT16_BY_CONVERSION)
+        if conversion := bfloat16_conversion_note(runtime.device, runtime.dtype):
+            note(conversion)
     pipe = MoebiusInpaintPipeline.from_pretrained(
         model,
         variant=variant,

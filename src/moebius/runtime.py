@@ -73,21 +73,20 @@ def resolve_dtype(name: str, device):
     return dtype
 
 
-BFLOAT16_BY_CONVERSION = (
-    "this CPU has no native bfloat16 (AVX-512 BF16, AMX or Arm BF16), so PyTorch computes "
-    "bfloat16 by conversion, many times slower than float32 (--dtype auto runs float32 here)"
-)
-
-
-def bfloat16_by_conversion(device, dtype) -> bool:
-    """Whether ``dtype`` is bfloat16 on a CPU that converts it rather than computing it: an
-    explicit ``--dtype bfloat16`` there is worth a note (on an AVX2-only AMD EPYC one 512 px
-    step of the student took 27.6 s against 2.3 s in float32)."""
+def bfloat16_conversion_note(device, dtype) -> str | None:
+    """The note for ``dtype`` bfloat16 on a CPU that converts it rather than computing it (an
+    explicit ``--dtype bfloat16`` there: on an AVX2-only AMD EPYC one 512 px step of the student
+    took 27.6 s against 2.3 s in float32); None elsewhere."""
     import torch
 
     from moebius.cpu import native_bfloat16
 
-    return device.type == "cpu" and dtype == torch.bfloat16 and not native_bfloat16()
+    if device.type != "cpu" or dtype != torch.bfloat16 or native_bfloat16():
+        return None
+    return (
+        "this CPU has no native bfloat16 (AVX-512 BF16, AMX or Arm BF16), so PyTorch computes "
+        "bfloat16 by conversion, many times slower than float32 (--dtype auto runs float32 here)"
+    )
 
 
 def autocast(device, dtype):

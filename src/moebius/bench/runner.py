@@ -27,7 +27,7 @@ from moebius.cpu import cpu_facts
 from moebius.models.registry import SDXL_VAE_CONFIG
 from moebius.nn import engines
 from moebius.nn.adopt import adopt
-from moebius.runtime import autocast, bfloat16_by_conversion, synchronize
+from moebius.runtime import autocast, bfloat16_conversion_note, synchronize
 from moebius.settings import InpaintSettings
 
 SCHEMA = "moebius-bench/1"
@@ -516,12 +516,9 @@ class Benchmark:
         for d, rates in by_engine.items():
             each = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in rates.items())
             self.log(f"matmul roofline {d}: {roofline[d] / 1e9:.1f} GFLOP/s ({each})")
-        if "bfloat16" in s.dtypes and bfloat16_by_conversion(self.device, torch.bfloat16):
-            note = (
-                "this CPU has no native bfloat16: PyTorch computes bfloat16 by conversion, so "
-                "the bfloat16 times and roofline shares measure that conversion, not bfloat16 "
-                "arithmetic; --dtype auto runs float32 here"
-            )
+        conversion = bfloat16_conversion_note(self.device, torch.bfloat16)
+        if "bfloat16" in s.dtypes and conversion:
+            note = f"{conversion}; the bfloat16 times and roofline shares measure that conversion"
             self.notes.append(note)
             self.log(note)
         report = {

@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace, world) -> int:
     from moebius.errors import InputError
     from moebius.eval.protocols import ALL_METRICS, get_protocol
     from moebius.eval.runner import EvalConfig, evaluate
-    from moebius.runtime import BFLOAT16_BY_CONVERSION, apply_runtime_args, bfloat16_by_conversion
+    from moebius.runtime import apply_runtime_args, bfloat16_conversion_note
     from moebius.settings import settings_from_args
 
     protocol = get_protocol(args.protocol)
@@ -136,8 +136,9 @@ def _run(args: argparse.Namespace, world) -> int:
         raise InputError("--seed must be a number for an evaluation (it also draws the masks)")
     runtime = apply_runtime_args(args, world)
     device = runtime.device
-    if world.is_main and bfloat16_by_conversion(device, runtime.dtype):
-        print(f"moebius eval: note: {BFLOAT16_BY_CONVERSION}", file=sys.stderr)
+    conversion = bfloat16_conversion_note(device, runtime.dtype)
+    if world.is_main and conversion:
+        print(f"moebius eval: note: {conversion}", file=sys.stderr)
     metrics = tuple(m.strip() for m in args.metrics.split(",")) if args.metrics else ALL_METRICS
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from moebius.cpu import cpu_model, cpu_signature, native_bfloat16, vector_extensions
+from moebius.cpu import cpu_facts, cpu_model, cpu_signature, native_bfloat16
 from moebius.files import write_json
 from moebius.nn.kernels import (
     ACTIVATIONS,
@@ -137,8 +137,7 @@ class EngineTable:
             self.tuning_seconds += seconds
             document = {
                 "schema": SCHEMA,
-                "cpu": cpu_model(),
-                "cpu_extensions": vector_extensions(),
+                **cpu_facts(),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "choices": dict(sorted(self.choices.items())),
