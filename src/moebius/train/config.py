@@ -86,6 +86,9 @@ class RunConfig:
     grad_accum: int = 1
     max_steps: int = 200_000
     mixed_precision: str = "bf16"  # bf16 | no
+    # the frozen teacher's forward (distillation only): bf16 | no; None = as mixed_precision.
+    # A float32 student can learn from a bfloat16 teacher where bfloat16 is the faster.
+    teacher_mixed_precision: str | None = None
     dtype: str = "float32"  # parameters and compute; float64 only for numerical checks
     gradient_checkpointing: bool = True
     sync_bn: bool = False

@@ -122,6 +122,12 @@ class _FrozenBatchNormStats:
             m.num_batches_tracked.copy_(count)
 
 
+def _autocast_dtype(name: str, value: str) -> torch.dtype | None:
+    if value not in ("bf16", "no"):
+        raise ConfigError(f"{name} must be 'bf16' or 'no', got {value!r}")
+    return torch.bfloat16 if value == "bf16" else None
+
+
 def enable_gradient_checkpointing(model: nn.Module, types: tuple[type, ...]) -> int:
     """Recompute the activations of every sub-module of ``types`` in backward (non-reentrant,
     so ``autograd.grad`` works). Returns how many modules were wrapped."""
@@ -196,11 +202,12 @@ class Distiller:
         torch.manual_seed(config.seed)  # model initialisation only; training draws below
 
         run = config.train
-        if run.mixed_precision not in ("bf16", "no"):
-            raise ConfigError(
-                f"mixed_precision must be 'bf16' or 'no', got {run.mixed_precision!r}"
-            )
-        self.autocast_dtype = torch.bfloat16 if run.mixed_precision == "bf16" else None
+        self.autocast_dtype = _autocast_dtype("mixed_precision", run.mixed_precision)
+        self.teacher_autocast_dtype = (
+            self.autocast_dtype
+            if run.teacher_mixed_precision is None
+            else _autocast_dtype("teacher_mixed_precision", run.teacher_mixed_precision)
+        )
         if run.dtype not in ("float32", "float64"):
             raise ConfigError(f"train.dtype must be float32 or float64, got {run.dtype!r}")
         self.dtype = getattr(torch, run.dtype)
@@ -469,10 +476,11 @@ class Distiller:
             ids = torch.where(relabel[:, None], category_ids("foreground", b, self.device), ids)
         return torch.cat([x_t, mask, masked_latent], dim=1), t, ids, noise, x0
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
+    def _autocast(self, dtype: torch.dtype | None = None):
+        dtype = dtype or self.autocast_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def micro_step(self, batch: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
         """Forward, losses, adaptive weights and backward (gradients scaled by ``scale``)."""
@@ -481,7 +489,7 @@ class Distiller:
             eps, feature = self.model(x, t, ids)
         teacher_eps = teacher_feature = None
         if self.teacher is not None:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(self.teacher_autocast_dtype):
                 out = self.teacher(x, t, ids)
             teacher_eps, teacher_feature = out.sample, out.block_outputs[self.teacher_block]
         x0_student = None
