@@ -14,6 +14,7 @@ from helpers import tiny_vae
 from PIL import Image
 
 import moebius
+from moebius.cpu import native_bfloat16
 from moebius.errors import ConfigError
 from moebius.models.moebius_unet import MoebiusConfig
 from moebius.train.config import TrainConfig
@@ -366,8 +367,6 @@ def test_v_prediction_trains_on_v_and_saves_the_schedule_that_samples_it(assets,
 
 
 def test_a_near_identity_start_is_applied_only_when_asked(assets, tmp_path):
-    from moebius.errors import ConfigError
-
     def first_proj_out(init):
         config = make_config(assets, tmp_path / init, student_init=init, distill={"kd": False})
         student = Distiller(config, progress=False).student
@@ -397,3 +396,14 @@ def test_the_teacher_alone_can_run_in_bfloat16(assets, tmp_path):
 
     with pytest.raises(ConfigError, match="teacher_mixed_precision must be 'bf16' or 'no'"):
         Distiller(make_config(assets, tmp_path / "bad", train={"teacher_mixed_precision": "fp8"}))
+
+
+def test_distill_says_when_bfloat16_is_computed_by_conversion(assets, tmp_path, capsys):
+    from moebius.cli import main
+
+    config = tmp_path / "train.yaml"
+    document = make_config(assets, tmp_path / "run", train={"teacher_mixed_precision": "bf16"})
+    config.write_text(yaml.safe_dump(document.to_dict()))
+    assert main(["distill", "--config", str(config), "--max-steps", "1", "--quiet"]) == 0
+    noted = "computed by conversion, many times slower" in capsys.readouterr().err
+    assert noted is not native_bfloat16()
