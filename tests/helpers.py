@@ -1,5 +1,8 @@
 """Tiny components shared by the test modules (pytest puts this folder on sys.path)."""
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -12,6 +15,18 @@ import moebius
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_YAML = FIXTURES / "moebius_tiny_a.yaml"
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's thread count inside the block: the suite runs tiny models on one thread
+    (conftest), and a full-size model runs faster on every core the machine has."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(min(count, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def tiny_model() -> moebius.LCGModel:

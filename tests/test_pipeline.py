@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
-from helpers import TINY_YAML, far_from, tiny_model, tiny_vae
+from helpers import TINY_YAML, far_from, tiny_model, tiny_vae, torch_threads
 from PIL import Image, ImageFilter
 from skimage import data
 
@@ -465,14 +465,15 @@ def test_full_size_student_from_authors_layout(tmp_path):
     image = Image.fromarray(data.astronaut())
     mask = box_mask(512, 512, (200, 150, 330, 300))
     latents = []
-    out = pipe(
-        image,
-        mask,
-        num_inference_steps=1,
-        strength=1.0,
-        generator=0,
-        callback_on_step_end=lambda _p, _i, _t, d: latents.append(d["latents"]),
-    ).images[0]
+    with torch_threads(2):
+        out = pipe(
+            image,
+            mask,
+            num_inference_steps=1,
+            strength=1.0,
+            generator=0,
+            callback_on_step_end=lambda _p, _i, _t, d: latents.append(d["latents"]),
+        ).images[0]
     assert [tuple(x.shape) for x in latents] == [(1, 4, 64, 64)]
     assert out.size == (512, 512)
     assert unchanged_outside_blur(np.asarray(image), np.asarray(out), mask)

@@ -34,7 +34,8 @@ def derive(traced: Path, out: Path, fmt: str, dtype: str, weights: str) -> dict[
     files = {}
     for graph in GRAPHS:
         source = traced / f"{graph}.simplified.onnx"
-        simplify(traced / f"{graph}.onnx", source)
+        if not source.exists():  # once for all the targets of one trace
+            simplify(traced / f"{graph}.onnx", source)
         if fmt == "onnx":
             files[graph] = out / f"{graph}.onnx"
             _onnx(source, files[graph], dtype, weights)
