@@ -379,20 +379,23 @@ def test_a_near_identity_start_is_applied_only_when_asked(assets, tmp_path):
 
 
 def test_the_teacher_alone_can_run_in_bfloat16(assets, tmp_path):
-    """A float32 student learns from a bfloat16 teacher: its own task loss is unchanged to the
-    bit, the distillation term moves by bfloat16 rounding only."""
-    first_rows = {}
-    for teacher_precision in ("no", "bf16"):
-        run = tmp_path / teacher_precision
-        config = make_config(
-            assets, run, train={"max_steps": 1, "teacher_mixed_precision": teacher_precision}
-        )
-        Distiller(config, progress=False).train()
-        first_rows[teacher_precision] = next(csv.DictReader((run / "metrics.csv").open()))
-    exact, rounded = first_rows["no"], first_rows["bf16"]
-    assert exact["task"] == rounded["task"]
-    assert exact["fine"] != rounded["fine"]
-    assert float(rounded["fine"]) == pytest.approx(float(exact["fine"]), rel=0.05)
+    """The teacher's precision is its own: with the student's fixed, the student's task loss is
+    unchanged to the bit and the distillation term moves by bfloat16 rounding only."""
+    for student_precision in ("no", "bf16"):
+        first_rows = {}
+        for teacher_precision in ("no", "bf16"):
+            run = tmp_path / f"{student_precision}-{teacher_precision}"
+            train = {
+                "max_steps": 1,
+                "mixed_precision": student_precision,
+                "teacher_mixed_precision": teacher_precision,
+            }
+            Distiller(make_config(assets, run, train=train), progress=False).train()
+            first_rows[teacher_precision] = next(csv.DictReader((run / "metrics.csv").open()))
+        exact, rounded = first_rows["no"], first_rows["bf16"]
+        assert exact["task"] == rounded["task"]
+        assert exact["fine"] != rounded["fine"]
+        assert float(rounded["fine"]) == pytest.approx(float(exact["fine"]), rel=0.05)
 
     with pytest.raises(ConfigError, match="teacher_mixed_precision must be 'bf16' or 'no'"):
         Distiller(make_config(assets, tmp_path / "bad", train={"teacher_mixed_precision": "fp8"}))

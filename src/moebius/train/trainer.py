@@ -476,8 +476,7 @@ class Distiller:
             ids = torch.where(relabel[:, None], category_ids("foreground", b, self.device), ids)
         return torch.cat([x_t, mask, masked_latent], dim=1), t, ids, noise, x0
 
-    def _autocast(self, dtype: torch.dtype | None = None):
-        dtype = dtype or self.autocast_dtype
+    def _autocast(self, dtype: torch.dtype | None):
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
@@ -485,7 +484,7 @@ class Distiller:
     def micro_step(self, batch: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
         """Forward, losses, adaptive weights and backward (gradients scaled by ``scale``)."""
         x, t, ids, noise, x0 = self._inputs(batch)
-        with self._autocast():
+        with self._autocast(self.autocast_dtype):
             eps, feature = self.model(x, t, ids)
         teacher_eps = teacher_feature = None
         if self.teacher is not None:
