@@ -1,7 +1,7 @@
 """``moebius serve`` as a user starts it on a fresh clone, offline: it falls back to the bundled
 demo model and says so; then a load test on the loopback address: 50 requests from 8 clients
-at once against a queue of 4 each get a result or a 429, never a 5xx or a hang, and a second such
-load does not grow the server's memory."""
+at once against a queue of 4 each get a result or a 429, never a 5xx or a hang, and repeated loads
+do not keep growing the server's memory."""
 
 import threading
 import time
@@ -19,7 +19,8 @@ REQUESTS = 50
 CLIENTS = 8
 QUEUE = DEMO_QUEUE
 REQUEST_TIMEOUT = 120  # seconds; a hang fails the test instead of blocking it
-RSS_TOLERANCE = 64 * 2**20
+RSS_TOLERANCE = 16 * 2**20  # on a load after which memory has settled
+LEAK_LOADS = 3
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +90,13 @@ def load(url: str) -> tuple[list[int], list[str]]:
 
 def test_load_50_requests_from_8_clients(server):
     kept = httpx.get(f"{server.url}/healthz").json()["store"]  # other tests' uploads, if any
-    # The first load brings the server's memory to its working level (worker threads, allocator
-    # arenas); how far it climbs depends on what the process served before. A leak shows as
-    # growth over the second, identical load.
-    for _ in ("warm", "measured"):
+    # The server keeps freed memory for reuse (moebius.allocator), so its RSS is a high-water
+    # mark: a load that happens to overlap more work than any before raises it once (CI saw
+    # 41-101 MB on one load, then none). A leak raises it on every load: after a first load,
+    # at least one of the next LEAK_LOADS must leave it where it was. (A leak of 2 MB a request
+    # raised it by 103-144 MB a load; one of 0.5 MB filled memory the server already held.)
+    growth = []
+    for _ in range(1 + LEAK_LOADS):
         before = rss_bytes(server.process.pid)
         statuses, failures = load(server.url)
         assert not failures
@@ -103,9 +107,10 @@ def test_load_50_requests_from_8_clients(server):
         health = httpx.get(f"{server.url}/healthz").json()
         assert health["queues"]["diffusion"] == {"waiting": 0, "running": False}
         assert health["store"] == kept  # synchronous requests leave nothing behind
-    time.sleep(0.5)
-    grown = rss_bytes(server.process.pid) - before
-    assert grown < RSS_TOLERANCE, f"RSS grew by {grown / 2**20:.0f} MB over the second load"
+        time.sleep(0.5)
+        growth.append(rss_bytes(server.process.pid) - before)
+    settled = min(growth[1:])
+    assert settled < RSS_TOLERANCE, f"RSS grew on every load: {[g >> 20 for g in growth]} MB"
     assert "Traceback" not in server.output
 
 
