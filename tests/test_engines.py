@@ -246,17 +246,22 @@ def test_a_cached_choice_is_used_without_timing(tuning, engine):
     [
         "{not json",
         '{"schema": "other"}',
-        '{"schema": "moebius-engines/1", "choices": {"k": {"engine": "gone"}}}',
+        '{"schema": "moebius-engines/2", "choices": {"k": {"engine": "gone"}}}',
         "",
+        # the format before products were timed on their own row count
+        '{"schema": "moebius-engines/1", "choices": {"linear float32 512x256x128": '
+        '{"engine": "onednn-packed", "ms": {}}}}',
     ],
 )
-def test_a_broken_cache_is_tuned_again(tuning, content):
+def test_a_broken_or_older_cache_is_tuned_again(tuning, content):
     path = engines.cache_path()
     path.write_text(content)
     x, weight = torch.randn(512, 256), torch.randn(128, 256)
     with torch.inference_mode():
         _close(linear(x, weight), F.linear(x, weight), torch.float32)
-    assert list(json.loads(path.read_text())["choices"]) == ["linear float32 512x256x128"]
+    choices = json.loads(path.read_text())["choices"]
+    assert list(choices) == ["linear float32 512x256x128"]
+    assert choices["linear float32 512x256x128"]["ms"]  # timed here, not read
 
 
 def test_the_cache_file_is_per_machine_threads_and_torch_in_the_user_cache(monkeypatch, tmp_path):

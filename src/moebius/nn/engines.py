@@ -7,10 +7,10 @@ answer is used from then on and remembered in the user cache, one file per CPU m
 count and PyTorch version (``$XDG_CACHE_HOME/moebius/engines-….json``, or the folder named by
 ``MOEBIUS_ENGINE_CACHE``). Products are grouped by their column sizes and their row count
 rounded up to a power of two, so a model at a new image size mostly reuses what it has; they
-are timed on at most 2048 rows, convolutions on one image cropped to a few GFLOP, and engines
-far behind after one round are not timed again, so tuning a whole model costs seconds, once
-per machine; ``moebius bench --tune`` redoes it. A missing, unreadable or corrupt cache file
-is simply tuned again.
+are timed on their own row count up to 16384, convolutions on one image cropped to a few GFLOP,
+and engines far behind after one round are not timed again, so tuning a whole model costs
+seconds to a minute, once per machine; ``moebius bench --tune`` redoes it. A missing,
+unreadable, corrupt or older-format cache file is simply tuned again.
 
 ``MOEBIUS_ENGINES`` overrides the choice: ``tune`` (the default), ``aten`` (PyTorch's own
 kernels everywhere) or one engine's name (used wherever it applies). Products too small to
@@ -46,12 +46,15 @@ from moebius.nn.kernels import (
 
 MODE_ENV = "MOEBIUS_ENGINES"
 CACHE_ENV = "MOEBIUS_ENGINE_CACHE"
-SCHEMA = "moebius-engines/1"
+SCHEMA = "moebius-engines/2"  # /1 timed products on at most 2048 rows
 DEFAULT = "aten"
 # Below this many FLOPs a kernel's choice is lost in call overheads and timing noise.
 TUNE_MIN_FLOPS = 1 << 24
-# Products are timed on at most this many rows: enough to reach each kernel's steady speed.
-TUNE_MAX_ROWS = 2048
+# Products are timed on their own row count up to this many rows. Each kernel's speed per row
+# still changes past 2048 rows, once operands leave the caches: on a 2-core AVX2-only AMD EPYC,
+# choices timed on at most 2048 rows made the student's batch-2 step at 512 px (8192 rows a
+# product) 2-8 % slower than choices timed on the real rows, in each of three tuning runs.
+TUNE_MAX_ROWS = 16384
 TUNE_ROUNDS = 3
 TUNE_MAX_CONV_FLOPS = 1 << 33
 # After one timed round, engines this many times slower than the fastest are not timed again.
