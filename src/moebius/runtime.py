@@ -73,10 +73,12 @@ def resolve_dtype(name: str, device):
     return dtype
 
 
-def bfloat16_conversion_note(device, dtype) -> str | None:
-    """The note for ``dtype`` bfloat16 on a CPU that converts it rather than computing it (an
-    explicit ``--dtype bfloat16`` there: on an AVX2-only AMD EPYC one 512 px step of the student
-    took 27.6 s against 2.3 s in float32); None elsewhere."""
+def bfloat16_conversion_note(
+    device, dtype, advice: str = "--dtype auto runs float32 here"
+) -> str | None:
+    """The note, ending in ``advice``, for ``dtype`` bfloat16 on a CPU that converts it rather
+    than computing it (an explicit ``--dtype bfloat16`` there: on an AVX2-only AMD EPYC one
+    512 px step of the student took 27.6 s against 2.3 s in float32); None elsewhere."""
     import torch
 
     from moebius.cpu import native_bfloat16
@@ -85,7 +87,7 @@ def bfloat16_conversion_note(device, dtype) -> str | None:
         return None
     return (
         "this CPU has no native bfloat16 (AVX-512 BF16, AMX or Arm BF16), so PyTorch computes "
-        "bfloat16 by conversion, many times slower than float32 (--dtype auto runs float32 here)"
+        f"bfloat16 by conversion, many times slower than float32 ({advice})"
     )
 
 

@@ -66,17 +66,13 @@ def run(args: argparse.Namespace) -> int:
     resume = True if args.resume == "latest" else args.resume
     trainer = Distiller(config, resume=resume, progress=not args.quiet)
     bfloat16 = torch.bfloat16 in (trainer.autocast_dtype, trainer.teacher_autocast_dtype)
-    if (
-        bfloat16
-        and trainer.dist.is_main
-        and bfloat16_conversion_note(trainer.device, torch.bfloat16)
-    ):
-        print(
-            "moebius distill: note: bf16 mixed precision on a CPU without native bfloat16 is"
-            " computed by conversion, many times slower than float32 (set"
-            " train.mixed_precision: no and train.teacher_mixed_precision: no)",
-            file=sys.stderr,
-        )
+    conversion = bfloat16_conversion_note(
+        trainer.device,
+        torch.bfloat16,
+        advice="set train.mixed_precision: no and train.teacher_mixed_precision: no",
+    )
+    if bfloat16 and trainer.dist.is_main and conversion:
+        print(f"moebius distill: note: {conversion}", file=sys.stderr)
     metrics = trainer.train()
     if trainer.dist.is_main:
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss", "task"))
