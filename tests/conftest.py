@@ -6,15 +6,23 @@ import torch
 from safetensors.torch import load_file
 
 from moebius.nn.engines import CACHE_ENV, MODE_ENV
+from moebius.runtime import available_cores
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per CPU this process may run on, hyperthreads included (xdist
+    would count physical cores), since each worker runs its models on one thread."""
+    return available_cores()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tests run tiny models, whose time is dominated by thread hand-offs: one thread is
-    several times faster than two, more so on a busy machine. Session-wide, so that
-    module fixtures and tests agree (thread counts change float summation order)."""
+    several times faster than two, more so on a busy machine, and the suite runs one worker per
+    CPU. Session-wide, so that module fixtures and tests agree (thread counts change float
+    summation order)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
