@@ -323,13 +323,14 @@ class TorchNoise:
         return torch.randn(size, generator=self.generator).numpy().astype(dtype)
 
 
-@pytest.mark.parametrize("size", [(64, 64), (120, 80)])
-def test_inpainting_matches_pytorch_given_the_same_noise(exported, torch_pipe, size):
+# at strength 1 neither backend encodes the photo itself; both drop its draws in the same order
+@pytest.mark.parametrize("size, strength", [((64, 64), 0.9), ((120, 80), 0.9), ((64, 64), 1.0)])
+def test_inpainting_matches_pytorch_given_the_same_noise(exported, torch_pipe, size, strength):
     image = Image.fromarray(data.astronaut()).resize(size)
     hole = np.zeros(size[::-1], np.uint8)
     hole[10:40, 20:50] = 255
     mask = Image.fromarray(hole)
-    settings = InpaintSettings(steps=4, seed=3, noise_offset=0.1, strength=0.9)
+    settings = InpaintSettings(steps=4, seed=3, noise_offset=0.1, strength=strength)
     images, masks = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], [mask, mask]
     expected = torch_pipe(images, masks, settings=settings, output_type="np").images
     got = exported(

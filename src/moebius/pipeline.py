@@ -121,14 +121,23 @@ class InpaintPipeline:
         """One random stream per image (or the caller's shared one)."""
         raise NotImplementedError
 
-    def _encode(self, pixels: np.ndarray, generators):
-        """A sample of the VAE posterior of (B, 3, H, W) pixels in [−1, 1], × scaling factor."""
+    def _encode(self, pixels: np.ndarray, generators, dropped_draws: int = 0):
+        """A sample of the VAE posterior of (B, 3, H, W) pixels in [−1, 1], × scaling factor,
+        drawn after ``dropped_draws`` draws of the same shape that are thrown away."""
         raise NotImplementedError
 
-    def _encode_pair(self, pixels: np.ndarray, masked: np.ndarray, generators):
+    def _encode_pair(
+        self, pixels: np.ndarray, masked: np.ndarray, generators, photo_needed: bool = True
+    ):
         """Posterior samples of the images and of the masked images. Random numbers are drawn
         in the authors' order, the image samples of the whole batch before the masked ones, so
-        a seed gives the same images however a backend batches the VAE."""
+        a seed gives the same images however a backend batches the VAE. Without
+        ``photo_needed`` (at strength 1 the sampler starts from pure noise, so the images' own
+        latents would go unused) only the masked images go through the encoder, their draws
+        made after the images' draws are thrown away, so a seed still gives the same images;
+        None stands for the images' latents."""
+        if not photo_needed:
+            return None, self._encode(masked, generators, dropped_draws=1)
         return self._encode(pixels, generators), self._encode(masked, generators)
 
     def _randn(self, shape: tuple[int, ...], generators):
@@ -317,11 +326,13 @@ class InpaintPipeline:
         pixels = np.concatenate([image for image, _ in inputs])
         holes = np.concatenate([hole for _, hole in inputs])
         sampler = make_sampler(settings.scheduler, self.schedule, settings.steps, settings.strength)
-        image_latents, masked_latents = self._encode_pair(pixels, pixels * (1 - holes), generators)
+        image_latents, masked_latents = self._encode_pair(
+            pixels, pixels * (1 - holes), generators, photo_needed=settings.strength < 1
+        )
         factor = self.vae_scale_factor
         latent_mask = self._array(np.ascontiguousarray(holes[:, :, ::factor, ::factor]))
-        batch, channels = image_latents.shape[:2]
-        noise = self._randn(tuple(image_latents.shape), generators)
+        batch, channels = masked_latents.shape[:2]
+        noise = self._randn(tuple(masked_latents.shape), generators)
         if settings.noise_offset:
             noise = noise + settings.noise_offset * self._randn((batch, channels, 1, 1), generators)
         latents = initial_latents(self.schedule, sampler, image_latents, noise, settings.strength)
@@ -537,23 +548,30 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         dtype = next(self.vae.parameters()).dtype
         return values.to(dtype).contiguous(memory_format=torch.channels_last)
 
-    def _posterior_samples(self, pixels: np.ndarray, draws: int, generators):
+    def _posterior_samples(
+        self, pixels: np.ndarray, draws: int, generators, dropped_draws: int = 0
+    ):
         """Posterior samples of ``draws`` equal parts of ``pixels`` encoded as one batch; each
-        part's noise is drawn before the next part's."""
+        part's noise is drawn before the next part's, after ``dropped_draws`` thrown away."""
         import torch
 
         posterior = self.vae.encode(self._vae_input(pixels)).latent_dist
         mean, std = posterior.mean, posterior.std
         part = (mean.shape[0] // draws, *mean.shape[1:])
-        noise = torch.cat([self._randn(part, generators, mean.dtype) for _ in range(draws)])
+        noise = [self._randn(part, generators, mean.dtype) for _ in range(dropped_draws + draws)]
+        noise = torch.cat(noise[dropped_draws:])
         sample = (mean + std * noise.to(mean.device)).float() * self.vae.config.scaling_factor
         return sample.contiguous()
 
-    def _encode(self, pixels: np.ndarray, generators):
-        return self._posterior_samples(pixels, 1, generators)
+    def _encode(self, pixels: np.ndarray, generators, dropped_draws: int = 0):
+        return self._posterior_samples(pixels, 1, generators, dropped_draws)
 
-    def _encode_pair(self, pixels: np.ndarray, masked: np.ndarray, generators):
+    def _encode_pair(
+        self, pixels: np.ndarray, masked: np.ndarray, generators, photo_needed: bool = True
+    ):
         """Both through the VAE as one batch (twice the rows for every convolution)."""
+        if not photo_needed:
+            return super()._encode_pair(pixels, masked, generators, photo_needed)
         both = self._posterior_samples(np.concatenate([pixels, masked]), 2, generators)
         return both[: len(pixels)], both[len(pixels) :]
 

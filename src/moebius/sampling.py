@@ -293,7 +293,8 @@ def guided(eps, scale: float):
 
 
 def initial_latents(schedule: NoiseSchedule, sampler, image_latents, noise, strength: float):
-    """Pure noise at strength 1; below it, the photo's latent noised to the first timestep."""
+    """Pure noise at strength 1 (``image_latents`` may then be None); below it, the photo's
+    latent noised to the first timestep."""
     if strength < 1:
         return schedule.add_noise(image_latents, noise, sampler.timesteps[0])
     return noise

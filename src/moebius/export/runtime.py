@@ -221,8 +221,10 @@ class ExportedInpaintPipeline(InpaintPipeline):
     def _array(self, values: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(values, dtype=np.float32)
 
-    def _encode(self, pixels: np.ndarray, generators) -> np.ndarray:
+    def _encode(self, pixels: np.ndarray, generators, dropped_draws: int = 0) -> np.ndarray:
         mean, std = self.engine.run("vae_encoder", {"pixels": self._array(pixels)})
+        for _ in range(dropped_draws):
+            self._randn(mean.shape, generators)
         sample = mean + std * self._randn(mean.shape, generators)
         return sample * np.float32(self.manifest.scaling_factor)
 
