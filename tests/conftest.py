@@ -11,6 +11,7 @@ from moebius.runtime import available_cores
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: harmless where xdist is absent
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per CPU this process may run on, hyperthreads included (xdist
     would count physical cores), since each worker runs its models on one thread."""
