@@ -1,7 +1,6 @@
 """Tiny components shared by the test modules (pytest puts this folder on sys.path)."""
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
 import moebius
+from moebius.runtime import available_cores
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_YAML = FIXTURES / "moebius_tiny_a.yaml"
@@ -20,9 +20,9 @@ TINY_YAML = FIXTURES / "moebius_tiny_a.yaml"
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """PyTorch's thread count inside the block: the suite runs tiny models on one thread
-    (conftest), and a full-size model runs faster on every core the machine has."""
+    (conftest), and a full-size model runs faster on every core this process may use."""
     saved = torch.get_num_threads()
-    torch.set_num_threads(min(count, os.cpu_count() or 1))
+    torch.set_num_threads(min(count, available_cores()))
     try:
         yield
     finally:
