@@ -19,7 +19,14 @@ from moebius.models.lcg import category_ids
 from moebius.nn import engines
 from moebius.nn.adopt import adopt
 from moebius.nn.engines import CACHE_ENV, MODE_ENV, Linear, conv2d, linear
-from moebius.nn.kernels import CONV_ENGINES, LINEAR_ENGINES, WINDOW_ENGINES
+from moebius.nn.gla import gla_recurrent
+from moebius.nn.kernels import (
+    CONV_ENGINES,
+    GLA_ENGINES,
+    LINEAR_ENGINES,
+    WINDOW_ENGINES,
+    LinearAttention,
+)
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to the largest magnitude
 
@@ -158,6 +165,39 @@ def test_the_tuned_choice_is_timed_once_cached_and_used(tuning):
     with torch.inference_mode():
         _close(linear(x[:300], weight), expected[:300], torch.float32)
     assert json.loads(path.read_text()) == document
+
+
+def _linear_attention(requires_grad: bool = False) -> LinearAttention:
+    """A GLA call large enough to be tuned: 2 images × 4 heads × 1024 tokens, d_k 8, d_v 16."""
+    generator = torch.Generator().manual_seed(7)
+    q, k, v, logits = (torch.randn(2, 4, 1024, d, generator=generator) for d in (8, 8, 16, 8))
+    return LinearAttention(q.requires_grad_(requires_grad), k, v, F.logsigmoid(logits) / 16, 0.5)
+
+
+def test_every_gla_chunk_size_computes_the_recurrence():
+    a = _linear_attention()
+    expected = gla_recurrent(a.q, a.k, a.v, a.g, a.scale)
+    for engine in GLA_ENGINES:
+        with torch.inference_mode(), engines.use(engine):
+            _close(engines.gated_linear_attention(a), expected, torch.float32)
+
+
+def test_the_gla_chunk_size_is_tuned_cached_and_used_where_no_gradient_flows(tuning):
+    a = _linear_attention()
+    expected = gla_recurrent(a.q, a.k, a.v, a.g, a.scale)
+    with torch.inference_mode():
+        _close(engines.gated_linear_attention(a), expected, torch.float32)
+    ((key, entry),) = json.loads(engines.cache_path().read_text())["choices"].items()
+    assert key == "gla float32 2x4x1024 k8 v16"
+    assert set(entry["ms"]) == set(GLA_ENGINES)
+    assert entry["engine"] == min(entry["ms"], key=entry["ms"].get)
+    # Training keeps the default chunks: the backward pass was not timed.
+    trained = _linear_attention(requires_grad=True)
+    engines.retune()
+    out = engines.gated_linear_attention(trained)
+    out.sum().backward()
+    assert trained.q.grad is not None and not engines.cache_path().exists()
+    _close(out.detach(), expected, torch.float32)
 
 
 def test_every_engine_gives_the_vae_the_same_output():

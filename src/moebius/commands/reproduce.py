@@ -74,9 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="train this many students at once, and sample the evaluation's fills with this "
-        "many models at once, in separate processes that share the threads (default: 1; on 2 "
-        "cores, --jobs 2 with 2 threads runs two on one core each)",
+        help="run this many of the recipe's tasks at once (the VAE's decoder, the teacher, each "
+        "student, each model's evaluation fills), each as soon as what it needs is done, in "
+        "separate processes that share the threads; a task that runs alone gets them all "
+        "(default: 1; on 2 cores, --jobs 2 with 2 threads runs two on one core each)",
     )
     parser.set_defaults(func=run)
 

@@ -37,9 +37,11 @@ from moebius.files import write_json
 from moebius.nn.kernels import (
     ACTIVATIONS,
     CONV_ENGINES,
+    GLA_ENGINES,
     LINEAR_ENGINES,
     WINDOW_ENGINES,
     Convolution,
+    LinearAttention,
     Product,
     WindowContraction,
 )
@@ -80,7 +82,7 @@ def mode() -> str:
 def use(name: str) -> Iterator[None]:
     """Run the block (in this thread) with engine ``name`` wherever it applies (``aten``: PyTorch's
     own kernels; ``tune``: the tuned choice)."""
-    if name not in ("tune", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES):
+    if name not in ("tune", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES, *GLA_ENGINES):
         raise ValueError(f"unknown engine {name!r}")
     previous = getattr(_override, "mode", None)
     _override.mode = name
@@ -436,3 +438,32 @@ def window_contraction(c: WindowContraction) -> torch.Tensor:
 
     name = _choose(key, dtype, WINDOW_ENGINES, calls)
     return _run(WINDOW_ENGINES, name, c)
+
+
+# ---------------------------------------------------------------------- gated linear attention
+def gated_linear_attention(a: LinearAttention) -> torch.Tensor:
+    """Causal GLA (see :class:`moebius.nn.kernels.LinearAttention`) in the chunk size fastest
+    here for its shape and dtype; gradients, traced graphs and small calls take the default."""
+    b, h, t, dk = a.q.shape
+    dv = a.v.shape[-1]
+    default = next(iter(GLA_ENGINES))
+    flops = 2 * b * h * t * (64 * (dk + dv) + 2 * dk * dv)
+    if not _eligible(a.q, a.k) or (flops < TUNE_MIN_FLOPS and mode() == "tune"):
+        return GLA_ENGINES[default](a)
+    dtype = a.q.dtype
+    key = f"gla {str(dtype).removeprefix('torch.')} {b}x{h}x{t} k{dk} v{dv}"
+
+    def calls() -> dict[str, Callable[[], torch.Tensor]]:
+        # Gates as the layer makes them (log-sigmoid over its normaliser of 16): a chunk decays
+        # as much as the model's do, so none is split further than it would be.
+        sample = LinearAttention(
+            _random_like(a.q.shape, dtype),
+            _random_like(a.k.shape, dtype),
+            _random_like(a.v.shape, dtype),
+            (torch.nn.functional.logsigmoid(torch.randn(a.g.shape)) / 16).to(dtype),
+            a.scale,
+        )
+        return {name: (lambda run=run: run(sample)) for name, run in GLA_ENGINES.items()}
+
+    name = _choose(key, dtype, GLA_ENGINES, calls)
+    return _run(GLA_ENGINES, name, a)

@@ -102,7 +102,8 @@ def _fla_chunk_gla():
 def gated_linear_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """GLA for the model: :func:`gla_chunked`, or with ``MOEBIUS_GLA_KERNEL=fla`` set,
+    """GLA for the model: :func:`gla_chunked` in the chunk size :mod:`moebius.nn.engines`
+    timed fastest for the shape on this machine, or with ``MOEBIUS_GLA_KERNEL=fla`` set,
     flash-linear-attention's Triton ``chunk_gla`` for CUDA tensors when it is installed.
 
     fla is opt-in: its float32 products run in TF32 (≈1e-3 relative error on an H100, enough
@@ -112,7 +113,11 @@ def gated_linear_attention(
     use_fla = q.is_cuda and os.environ.get("MOEBIUS_GLA_KERNEL", "torch") == "fla"
     fla = _fla_chunk_gla() if use_fla else None
     if fla is None:
-        return gla_chunked(q, k, v, g, scale)
+        # engines → kernels → this module: imported here, once this module is whole
+        from moebius.nn import engines
+        from moebius.nn.kernels import LinearAttention
+
+        return engines.gated_linear_attention(LinearAttention(q, k, v, g, scale))
     chunk_gla, takes_head_first = fla
     # Time-first (B, T, H, d) is the layout every fla release accepts.
     q, k, v, g = (x.transpose(1, 2).contiguous() for x in (q, k, v, g))

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from moebius.nn.gla import gla_chunked
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "relu": F.relu,
@@ -306,4 +308,29 @@ def _unfolded_windows(c: WindowContraction) -> torch.Tensor:
 WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
     "strided-windows": _strided_windows,
     "unfolded-windows": _unfolded_windows,
+}
+
+
+# ---------------------------------------------------------------------- gated linear attention
+@dataclass(frozen=True)
+class LinearAttention:
+    """Causal gated linear attention, :func:`moebius.nn.gla.gla_chunked`'s arguments. Every
+    chunk size computes the same recurrence; the products inside a chunk grow with its size and
+    the scan across chunks with their count, so which size is fastest depends on the sequence,
+    the head widths and the machine."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: torch.Tensor
+    scale: float
+
+
+def _chunks_of(size: int) -> Callable[[LinearAttention], torch.Tensor]:
+    return lambda a: gla_chunked(a.q, a.k, a.v, a.g, a.scale, chunk_size=size)
+
+
+# The first is the default: the size every path without tuning (training, tracing) runs.
+GLA_ENGINES: dict[str, Callable[[LinearAttention], torch.Tensor]] = {
+    f"chunk-{size}": _chunks_of(size) for size in (64, 32, 16, 8)
 }

@@ -17,10 +17,16 @@ trainers resume mid-stage from their checkpoints):
 7. ``eval``     held-out masked-region PSNR/SSIM of sampled fills, OpenCV Telea and
                 Navier–Stokes for scale, bootstrap intervals, time per inpaint → report.
 
+Every stage after ``data`` is a set of tasks (:mod:`moebius.reproduce.schedule`): each
+student and each model's evaluation fills is one, and a task starts as soon as what it needs
+has finished, not when the whole previous stage has. The latent cache needs only the VAE's
+encoder, which the ``decoder`` stage leaves as it is, so the cache, the teacher and the
+students do not wait for the decoder, and the no-KD students do not wait for the teacher.
+With ``jobs`` = 2 two tasks run side by side on one thread each.
+
 Both LCG categories are trained (a fraction of samples is labelled "foreground"), so the
 branch that classifier-free guidance extrapolates away from is a trained one. ``scale``
-multiplies every step count (tests run it with a tiny scale). Small models run fastest with
-one thread per process on a busy 2-core machine, hence ``--threads``.
+multiplies every step count (tests run it with a tiny scale).
 """
 
 import copy
@@ -38,6 +44,7 @@ from PIL import Image
 
 from moebius.cpu import cpu_facts, describe_cpu
 from moebius.files import atomic_write
+from moebius.reproduce.schedule import Task, run_tasks
 from moebius.settings import item_seed
 
 STUDENT_CONFIG = {
@@ -82,7 +89,7 @@ class RecipeConfig:
     photos: str | None = None  # a folder of photos instead of the Debian + scikit-image set
     heldout_photos: int = 2  # with ``photos``: how many (the last by name) are held out
     scale: float = 1.0
-    vae_steps: int = 3000
+    vae_steps: int = 3750  # 1500 at the published run's --scale 0.4
     vae_crop: int = 128  # the VAE is fully convolutional: train on crops, use at eval_size
     # then its decoder alone, for squared error (the encoder, so the latents, stay as they are)
     decoder_steps: int = 5000
@@ -105,7 +112,7 @@ class RecipeConfig:
     prediction_type: str = "v_prediction"
     foreground_prob: float = 0.5
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    jobs: int = 1  # students trained at once, in separate processes
+    jobs: int = 1  # tasks (trainings, evaluation fills) run at once, in separate processes
     eval_size: int = 512  # the demo's working resolution
     sample_steps: int = 20
     guidance: float = 2.5
@@ -134,6 +141,7 @@ def _stage_done(directory: Path) -> dict | None:
 
 
 def _finish_stage(directory: Path, result: dict) -> dict:
+    result = result | {"threads": torch.get_num_threads()}
     text = json.dumps(result, indent=2) + "\n"
     atomic_write(directory / "result.json", lambda tmp: tmp.write_text(text))
     return result
@@ -313,7 +321,8 @@ def stage_cache(cfg: RecipeConfig, out: Path) -> dict:
     directory = out / "cache"
     if (done := _stage_done(directory)) is not None:
         return done
-    vae = _load_vae(out)
+    # The VAE stage's: the decoder stage keeps its encoder, so the latents are the same.
+    vae = _load_vae(out, "vae")
     started = time.perf_counter()
     write_latent_cache(
         [Record(p) for p in _training_photos(out)],
@@ -422,37 +431,6 @@ def _train_student(cfg: RecipeConfig, out: Path, name: str, kd: bool, seed: int)
     return _finish_stage(out / name, result | {"seconds": _train(config)})
 
 
-def _with_threads(work, threads: int, job: tuple):
-    torch.set_num_threads(threads)
-    return work(*job)
-
-
-def _map(work, jobs: list[tuple], processes: int) -> list:
-    """``work(*job)`` for every job, in order; with ``processes`` > 1 in that many separate
-    processes, each with its share of the threads: these small networks use one core far
-    better than they share two."""
-    if processes == 1 or len(jobs) < 2:
-        return [work(*job) for job in jobs]
-    import multiprocessing
-
-    threads = max(1, torch.get_num_threads() // processes)
-    with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-        return pool.map(partial(_with_threads, work, threads), jobs, chunksize=1)
-
-
-def stage_students(cfg: RecipeConfig, out: Path) -> dict:
-    """Every student run (each resumes on its own); ``<out>/students/result.json`` keeps the
-    stage's wall-clock seconds, less than the runs' own seconds added up when ``jobs`` > 1."""
-    pending = [run for run in student_runs(cfg) if _stage_done(out / run[0]) is None]
-    started = time.perf_counter()
-    _map(_train_student, [(cfg, out, *run) for run in pending], cfg.jobs)
-    if pending:
-        earlier = (_stage_done(out / "students") or {}).get("seconds", 0.0)
-        seconds = earlier + time.perf_counter() - started
-        _finish_stage(out / "students", {"seconds": seconds, "jobs": cfg.jobs})
-    return {name: _stage_done(out / name) for name, _, _ in student_runs(cfg)}
-
-
 # ---------------------------------------------------------------------------- evaluation
 DEMO_ROW = "demo (own defaults)"  # the bundled demo's row in the report
 
@@ -556,17 +534,44 @@ def _inpaint_seconds(
     return _median_seconds(lambda: _inpaint(pipe, [image], [mask], cfg, own), repeats=2)
 
 
-def _model_fills(
-    cfg: RecipeConfig, out: Path, model: str, own: dict | None
-) -> tuple[list[np.ndarray], int]:
-    """``model``'s fills of every held-out case (at ``own`` settings over the recipe's) and its
-    parameter count."""
+def sampled_rows(cfg: RecipeConfig) -> dict[str, tuple[str, dict | None]]:
+    """The report's sampled rows: row → (model, settings over the recipe's). The demo's row is
+    the first KD student at the demo's own settings."""
+    models = ["teacher"] + [name for name, _, _ in student_runs(cfg)]
+    return {name: (name, None) for name in models} | {DEMO_ROW: (models[1], cfg.demo_settings)}
+
+
+def fills_task(row: str) -> str:
+    """The task (and folder under the run) that samples ``row``'s fills."""
+    return f"eval/fills/{'demo' if row == DEMO_ROW else row}"
+
+
+def sample_fills(cfg: RecipeConfig, out: Path, row: str) -> dict:
+    """``row``'s fills of every held-out case, kept in ``fills.npz`` beside its result (the
+    model's parameter count and the seconds it took)."""
+    directory = out / fills_task(row)
+    if (done := _stage_done(directory)) is not None:
+        return done
+    model, own = sampled_rows(cfg)[row]
+    started = time.perf_counter()
     _, images, masks = _heldout_cases(out)
     pipe = _load_pipeline(out, out / model / "final", cfg)
-    return _fills(pipe, images, masks, cfg, own), sum(p.numel() for p in pipe.model.parameters())
+    fills = np.stack(_fills(pipe, images, masks, cfg, own))
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a name without .npz would get one added
+            np.savez_compressed(handle, fills=fills)
+
+    atomic_write(directory / "fills.npz", save)
+    parameters = sum(p.numel() for p in pipe.model.parameters())
+    return _finish_stage(
+        directory, {"parameters": parameters, "seconds": time.perf_counter() - started}
+    )
 
 
 def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
+    """Scores of every row's fills (sampled now where no task has), the contact sheet, the loss
+    plot and the time per inpaint, measured alone."""
     directory = out / "eval"
     if (done := _stage_done(directory)) is not None:
         return done
@@ -577,17 +582,15 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
     for method in ("telea", "navier-stokes"):
         samples[method] = [_classical(i, m, method) for i, m in zip(images, masks, strict=True)]
         scores[method] = _case_scores(samples[method], images, masks)
-    models = ["teacher"] + [name for name, _, _ in student_runs(cfg)]
-    first_kd, first_nokd = models[1], models[2]
-    # row → (model, settings over the recipe's); the demo's row: the first KD student at the
-    # demo's own settings
-    sampled = {name: (name, None) for name in models} | {DEMO_ROW: (first_kd, cfg.demo_settings)}
-    # the times per inpaint are taken afterwards, alone
-    fills = _map(_model_fills, [(cfg, out, *row) for row in sampled.values()], cfg.jobs)
-    parameters = {}
-    for name, (row_samples, count) in zip(sampled, fills, strict=True):
-        samples[name], parameters[name] = row_samples, count
-        scores[name] = _case_scores(row_samples, images, masks)
+    sampled = sampled_rows(cfg)
+    first_kd, first_nokd = (name for name, _, _ in student_runs(cfg)[:2])
+    parameters, fill_seconds = {}, 0.0
+    for name in sampled:
+        fills = sample_fills(cfg, out, name)
+        parameters[name], fill_seconds = fills["parameters"], fill_seconds + fills["seconds"]
+        with np.load(out / fills_task(name) / "fills.npz") as stored:
+            samples[name] = list(stored["fills"])
+        scores[name] = _case_scores(samples[name], images, masks)
     seconds = {}
     for key, name in (("teacher", "teacher"), ("student", first_kd), ("demo", DEMO_ROW)):
         model, own = sampled[name]
@@ -622,7 +625,8 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
         "stages": {s: _stage_done(out / s) for s in TRAINING_STAGES}
         | {n: _stage_done(out / n) for n, _, _ in student_runs(cfg)},
         "data": {k: v for k, v in _stage_done(out / "data").items() if k != "cases"},
-        "seconds": time.perf_counter() - started,
+        "fill_seconds": fill_seconds,  # every row's sampling, added up
+        "seconds": time.perf_counter() - started,  # the scoring and timing here
     }
     return _finish_stage(directory, result)
 
@@ -738,9 +742,6 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         )
 
     vae, decoder = stages["vae"], stages["decoder"]
-    minutes = {s: stages[s]["seconds"] / 60 for s in TRAINING_STAGES}
-    training = sum(minutes.values())
-    evaluation = result["seconds"] / 60
     times = result["inpaint_seconds"]
     data = result["data"]
     machine = result.get("machine") or _machine()  # results from before it was kept
@@ -772,11 +773,7 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         " foreground); noise offset 0.0357, SD `scaled_linear` schedule,"
         f" {'ε' if cfg['prediction_type'] == 'epsilon' else 'v'}-prediction; students start"
         " near identity (`moebius.nn.initialisation.start_near_identity`).",
-        f"- Time on this machine: {training + evaluation:.0f} min in all, not counting the photo"
-        f" download: training {training:.0f} min (VAE {minutes['vae']:.0f}, decoder"
-        f" {minutes['decoder']:.0f}, latent cache {minutes['cache']:.0f}, teacher"
-        f" {minutes['teacher']:.0f}, students {minutes['students']:.0f}"
-        f"{_jobs_text(stages['students']['jobs'])}), evaluation {evaluation:.0f} min.",
+        _time_line(result),
         *_precision_lines(stages),
         "",
         f"## Results ({cfg['sample_steps']} DDIM steps, guidance {cfg['guidance']},"
@@ -832,10 +829,30 @@ def _precision_lines(stages: dict) -> list[str]:
     return [f"- Precision: {'; '.join(used)} (native and measured faster here); the rest float32."]
 
 
-def _jobs_text(jobs: int) -> str:
-    if jobs == 1:
-        return ""
-    return f", {jobs} at a time in separate processes, as the evaluation sampled"
+def _time_line(result: dict) -> str:
+    """The report's line on time: the run's wall clock and each task's own minutes."""
+    stages, jobs = result["stages"], result["config"]["jobs"]
+    minutes = {name: entry["seconds"] / 60 for name, entry in stages.items()}
+    threads = {name: entry["threads"] for name, entry in stages.items()}
+    runs = student_runs(RecipeConfig(seeds=result["config"]["seeds"]))
+    students = {kd: [minutes[name] for name, k, _ in runs if k == kd] for kd in (True, False)}
+    side_by_side = (
+        f"{jobs} tasks at a time in separate processes (threads per task: VAE"
+        f" {threads['vae']}, teacher {threads['teacher']}, students"
+        f" {max(threads[name] for name, _, _ in runs)})"
+        if jobs > 1
+        else "one task at a time"
+    )
+    return (
+        f"- Time on this machine: {result['wall_seconds'] / 60:.0f} min from the VAE to the"
+        f" report, not counting the photo download, {side_by_side}. Each task's own minutes:"
+        f" VAE {minutes['vae']:.0f}, decoder {minutes['decoder']:.0f}, latent cache"
+        f" {minutes['cache']:.0f}, teacher {minutes['teacher']:.0f}, students"
+        f" {sum(students[True]) + sum(students[False]):.0f}"
+        f" ({statistics.mean(students[True]):.0f} per KD student,"
+        f" {statistics.mean(students[False]):.0f} per no-KD one), evaluation fills"
+        f" {result['fill_seconds'] / 60:.0f}, scoring and timing {result['seconds'] / 60:.0f}."
+    )
 
 
 def _machine() -> dict:
@@ -876,9 +893,41 @@ def bundle_demo(out: Path, destination: Path, cfg: RecipeConfig) -> None:
 
 
 STAGES = ("data", "vae", "decoder", "cache", "teacher", "students", "eval")
-# run one after another; their seconds add up to the recipe's training time (the students
-# stage keeps its own wall clock, less than its runs' seconds when they run side by side)
-TRAINING_STAGES = ("vae", "decoder", "cache", "teacher", "students")
+TRAINING_STAGES = ("vae", "decoder", "cache", "teacher")  # and each student, under its name
+
+
+def recipe_tasks(cfg: RecipeConfig, until: str = "eval") -> list[Task]:
+    """The stages after ``data`` up to ``until`` as tasks, the longest chain first: VAE, latent
+    cache, teacher, the KD students; then the decoder and the no-KD students, which nothing
+    waits for until the evaluation; then each row's evaluation fills."""
+    out = Path(cfg.out)
+    stage = {}
+
+    def task(name: str, in_stage: str, work, args: tuple = (), after: tuple = ()) -> Task:
+        stage[name] = in_stage
+        return Task(name, work, (cfg, out, *args), after)
+
+    def students(kd: bool) -> list[Task]:
+        after = ("teacher",) if kd else ("cache",)
+        return [
+            task(name, "students", _train_student, (name, kd, seed), after)
+            for name, is_kd, seed in student_runs(cfg)
+            if is_kd == kd
+        ]
+
+    tasks = [
+        task("vae", "vae", stage_vae),
+        task("cache", "cache", stage_cache, after=("vae",)),
+        task("teacher", "teacher", stage_teacher, after=("cache",)),
+        *students(kd=True),
+        task("decoder", "decoder", stage_decoder, after=("vae",)),  # every evaluation waits
+        *students(kd=False),
+        *[
+            task(fills_task(row), "eval", sample_fills, (row,), (model, "decoder"))
+            for row, (model, _) in sampled_rows(cfg).items()
+        ],
+    ]
+    return [t for t in tasks if STAGES.index(stage[t.name]) <= STAGES.index(until)]
 
 
 def write_photo_licences(manifest: dict, docs: Path) -> Path:
@@ -908,17 +957,42 @@ def write_photo_licences(manifest: dict, docs: Path) -> Path:
     return path
 
 
+def _wall_seconds(out: Path) -> float:
+    """Wall-clock seconds the stages after ``data`` have taken so far, over every invocation."""
+    path = out / "wall.json"
+    return json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+
+
 def run(cfg: RecipeConfig, until: str = "eval") -> dict:
-    """Run the stages in order up to and including ``until``; returns the last one's result."""
+    """Run the stages up to and including ``until`` (their tasks at ``cfg.jobs`` at a time);
+    returns the data stage's result, or with ``until="eval"`` the evaluation's."""
     out = Path(cfg.out)
-    result = {}
-    for stage in STAGES[: STAGES.index(until) + 1]:
-        result = globals()[f"stage_{stage}"](cfg, out)
-        if stage == "data" and cfg.docs:
-            write_photo_licences(result["manifest"], Path(cfg.docs))
-    if until == "eval":
-        if cfg.docs:
-            write_report(result, out, Path(cfg.docs))
-        if cfg.bundle:
-            bundle_demo(out, Path(cfg.bundle), cfg)
+    result = stage_data(cfg, out)
+    if cfg.docs:
+        write_photo_licences(result["manifest"], Path(cfg.docs))
+    if until == "data":
+        return result
+    started, earlier = time.perf_counter(), _wall_seconds(out)
+    evaluated = _stage_done(out / "eval") is not None
+
+    def finished(task: str) -> bool:
+        return _stage_done(out / task) is not None
+
+    try:
+        run_tasks(recipe_tasks(cfg, until), finished, cfg.jobs, torch.get_num_threads())
+        if until != "eval":
+            return result
+        result = stage_eval(cfg, out)
+        if not evaluated:
+            result = _finish_stage(
+                out / "eval", result | {"wall_seconds": earlier + time.perf_counter() - started}
+            )
+    finally:
+        if not evaluated:
+            seconds = {"seconds": earlier + time.perf_counter() - started}
+            atomic_write(out / "wall.json", lambda tmp: tmp.write_text(json.dumps(seconds)))
+    if cfg.docs:
+        write_report(result, out, Path(cfg.docs))
+    if cfg.bundle:
+        bundle_demo(out, Path(cfg.bundle), cfg)
     return result
