@@ -1,8 +1,8 @@
 """Run resumable tasks in dependency order, several at a time in separate processes.
 
-Small networks use one core far better than they share two: the recipe's teacher trains 1.6×
-faster on two threads than on one, not 2× (on a 2-core AMD EPYC), so running two tasks side by
-side on one thread each finishes the pair sooner than running them one after another on two. A
+Small networks use one core better than they share two: on a 2-core AMD EPYC, two of the
+recipe's teachers trained side by side on one thread each finished 1.24× sooner than one after
+another on two threads each, so tasks that may run at once get one share of the threads each. A
 task that has the machine to itself, because nothing else can start before it ends, gets every
 thread. Among the tasks that may start, the earliest in the list goes first: list the longest
 chain of work first, so that what others wait for is never left for last.
