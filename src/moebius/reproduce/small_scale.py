@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 from moebius.cpu import cpu_facts, describe_cpu
-from moebius.files import atomic_write
+from moebius.files import atomic_write, write_json
 from moebius.reproduce.schedule import Task, run_tasks
 from moebius.settings import item_seed
 
@@ -142,8 +142,7 @@ def _stage_done(directory: Path) -> dict | None:
 
 def _finish_stage(directory: Path, result: dict) -> dict:
     result = result | {"threads": torch.get_num_threads()}
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(directory / "result.json", lambda tmp: tmp.write_text(text))
+    write_json(directory / "result.json", result)
     return result
 
 
@@ -627,6 +626,7 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
         "data": {k: v for k, v in _stage_done(out / "data").items() if k != "cases"},
         "fill_seconds": fill_seconds,  # every row's sampling, added up
         "seconds": time.perf_counter() - started,  # the scoring and timing here
+        "wall_seconds": _wall_seconds(out) + time.perf_counter() - started,
     }
     return _finish_stage(directory, result)
 
@@ -972,25 +972,18 @@ def run(cfg: RecipeConfig, until: str = "eval") -> dict:
         write_photo_licences(result["manifest"], Path(cfg.docs))
     if until == "data":
         return result
-    started, earlier = time.perf_counter(), _wall_seconds(out)
-    evaluated = _stage_done(out / "eval") is not None
 
     def finished(task: str) -> bool:
         return _stage_done(out / task) is not None
 
+    started, earlier = time.perf_counter(), _wall_seconds(out)
     try:
         run_tasks(recipe_tasks(cfg, until), finished, cfg.jobs, torch.get_num_threads())
-        if until != "eval":
-            return result
-        result = stage_eval(cfg, out)
-        if not evaluated:
-            result = _finish_stage(
-                out / "eval", result | {"wall_seconds": earlier + time.perf_counter() - started}
-            )
-    finally:
-        if not evaluated:
-            seconds = {"seconds": earlier + time.perf_counter() - started}
-            atomic_write(out / "wall.json", lambda tmp: tmp.write_text(json.dumps(seconds)))
+    finally:  # the evaluation adds its own seconds to these
+        write_json(out / "wall.json", {"seconds": earlier + time.perf_counter() - started})
+    if until != "eval":
+        return result
+    result = stage_eval(cfg, out)
     if cfg.docs:
         write_report(result, out, Path(cfg.docs))
     if cfg.bundle:
