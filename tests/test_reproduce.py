@@ -2,8 +2,10 @@
 report, resuming, and the bundled pipeline through the CLI."""
 
 import dataclasses
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +36,15 @@ def _photos(folder, count: int = 5) -> None:
         y, x = rng.integers(0, 100), rng.integers(0, 150)
         pixels[y : y + 40, x : x + 40] = rng.integers(0, 256, 3)
         Image.fromarray(pixels).save(folder / f"photo{i}.png")
+
+
+def _readme_script():
+    """scripts/update_readme_small_scale.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "update_readme_small_scale.py"
+    spec = importlib.util.spec_from_file_location("update_readme_small_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_recipe_runs_resumes_and_bundles(tmp_path):
@@ -77,6 +88,16 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     assert result["machine"]["cpu"] == cpu_model()
     assert f"Machine: {describe_cpu(result['machine'])} (" in report
     assert (tmp_path / "docs" / "images" / "small_scale_contact_sheet.png").stat().st_size > 0
+
+    # The README's numbers on the demo and the run are rendered from the copy kept beside it.
+    kept = json.loads((tmp_path / "docs" / "small_scale.json").read_text())
+    assert kept["rows"] == result["rows"] and kept["summary"] == result["summary"]
+    readme = _readme_script()
+    demo, summary = readme.render_demo(kept), readme.render_run(kept)
+    assert f"{result['inpaint_seconds']['demo']:.1f} s for one 64 px inpaint" in demo
+    assert "`--prefill telea --strength 0.25 --guidance 1`, 5 denoising steps" in demo
+    assert "--scale 0.002 --jobs 2 --threads" in summary
+    assert f"Telea's {result['rows']['telea']['masked_psnr']:.1f} dB" in summary
 
     # Every task keeps its own seconds and threads, and the run its wall clock.
     run_dir = tmp_path / "run"
