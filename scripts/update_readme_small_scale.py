@@ -31,10 +31,10 @@ def markers(section: str) -> tuple[str, str]:
     )
 
 
-def _against_telea(summary: dict, row: str) -> str:
-    """``2.69 dB below OpenCV Telea's`` (or above), from the row's paired difference."""
+def _against_telea(summary: dict, row: str, digits: int = 1) -> str:
+    """``2.7 dB below`` (or above) Telea, from the row's paired difference."""
     difference = summary[f"{row}_minus_telea_psnr"]["mean"]
-    return f"{abs(difference):.1f} dB {'below' if difference < 0 else 'above'}"
+    return f"{abs(difference):.{digits}f} dB {'below' if difference < 0 else 'above'}"
 
 
 def _interval(entry: dict) -> str:
@@ -64,7 +64,7 @@ def render_demo(result: dict) -> str:
         f" masked PSNR on {cases} held-out cases ({photos} photos × {cases // photos} mask"
         " widths); by default it starts from Telea's fill of the hole, noised, and refines it"
         f" (its own defaults: `{_demo_flags(demo)}`, {steps} denoising steps):"
-        f" {_against_telea(summary, DEMO_ROW)} Telea"
+        f" {_against_telea(summary, DEMO_ROW, digits=2)} Telea"
         f" ({_interval(summary[f'{DEMO_ROW}_minus_telea_psnr'])}),"
         f" {result['inpaint_seconds']['demo']:.1f} s for one {cfg['eval_size']} px inpaint on"
         f" {result['threads']} cores ({describe_cpu(result['machine'])})."

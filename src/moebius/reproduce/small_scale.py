@@ -120,7 +120,7 @@ class RecipeConfig:
     docs: str | None = "docs"  # where the report goes; None = only under ``out``
     bundle: str | None = None  # write the KD student (first seed) + VAE as a pipeline here
     # the bundled demo's own defaults: at this scale the students paint mottled texture from
-    # noise (about 2.7 dB below Telea inside the hole), so the demo starts from Telea's fill
+    # noise (about 3 dB below Telea inside the hole), so the demo starts from Telea's fill
     # noised to t = 250 and runs the last 5 of 20 DDIM steps, one branch (no guidance)
     demo_settings: dict = field(
         default_factory=lambda: {
