@@ -802,7 +802,8 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         "",
         "![contact sheet](images/small_scale_contact_sheet.png)",
         "",
-        "Columns: masked input, OpenCV Telea, teacher, KD student, no-KD student, ground truth.",
+        f"Columns: masked input, OpenCV Telea, `{DEMO_ROW}`, teacher, KD student, no-KD"
+        " student, ground truth.",
         "",
         "![task loss](images/small_scale_loss.png)",
         "",
