@@ -2,7 +2,7 @@
 report, resuming, and the bundled pipeline through the CLI."""
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -38,16 +38,7 @@ def _photos(folder, count: int = 5) -> None:
         Image.fromarray(pixels).save(folder / f"photo{i}.png")
 
 
-def _readme_script():
-    """scripts/update_readme_small_scale.py as a module (scripts/ is not a package)."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / "update_readme_small_scale.py"
-    spec = importlib.util.spec_from_file_location("update_readme_small_scale", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_recipe_runs_resumes_and_bundles(tmp_path):
+def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     _photos(tmp_path / "photos")
     cfg = RecipeConfig(
         out=str(tmp_path / "run"),
@@ -92,7 +83,8 @@ def test_recipe_runs_resumes_and_bundles(tmp_path):
     # The README's numbers on the demo and the run are rendered from the copy kept beside it.
     kept = json.loads((tmp_path / "docs" / "small_scale.json").read_text())
     assert kept["rows"] == result["rows"] and kept["summary"] == result["summary"]
-    readme = _readme_script()
+    monkeypatch.syspath_prepend(Path(__file__).resolve().parent.parent / "scripts")
+    readme = importlib.import_module("update_readme_small_scale")
     demo, summary = readme.render_demo(kept), readme.render_run(kept)
     assert f"{result['inpaint_seconds']['demo']:.1f} s for one 64 px inpaint" in demo
     assert "`--prefill telea --strength 0.25 --guidance 1`, 5 denoising steps" in demo
