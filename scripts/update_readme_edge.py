@@ -20,6 +20,7 @@ from readme_sections import README, with_section, write_or_check
 from moebius.cpu import describe_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).name
 BENCH = ROOT / "docs" / "bench" / "edge-512"
 DEMO = ROOT / "docs" / "bench" / "edge-quality-demo"
 EXPORT = ROOT / "docs" / "bench" / "edge-export"
@@ -145,10 +146,8 @@ def main() -> int:
     bench = json.loads((BENCH / "bench.json").read_text())
     demo = json.loads((DEMO / "quality.json").read_text())
     export = json.loads((EXPORT / "manifest.json").read_text())
-    updated = with_section(
-        README.read_text(), "edge", "update_readme_edge.py", render(bench, demo, export)
-    )
-    return write_or_check(updated, args.check, "update_readme_edge.py")
+    updated = with_section(README.read_text(), "edge", SCRIPT, render(bench, demo, export))
+    return write_or_check(updated, args.check, SCRIPT)
 
 
 if __name__ == "__main__":

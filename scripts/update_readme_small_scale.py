@@ -17,12 +17,13 @@ from pathlib import Path
 from readme_sections import README, with_section, write_or_check
 
 from moebius.cpu import describe_cpu
+from moebius.reproduce.small_scale import DEMO_ROW, distillation_effect
+from moebius.settings import InpaintSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "docs" / "small_scale.json"
-SCRIPT = "update_readme_small_scale.py"
+SCRIPT = Path(__file__).name
 SECTIONS = ("demo", "small-scale")
-DEMO_ROW = "demo (own defaults)"
 
 
 def _against_telea(summary: dict, row: str, digits: int = 1) -> str:
@@ -47,7 +48,7 @@ def _demo_flags(settings: dict) -> str:
 def render_demo(result: dict) -> str:
     cfg, rows, summary = result["config"], result["rows"], result["summary"]
     demo, stages, data = cfg["demo_settings"], result["stages"], result["data"]
-    steps = round(demo["steps"] * demo.get("strength", 1.0))
+    steps = InpaintSettings.from_mapping(demo).denoising_steps
     cases, photos = len(result["cases"]), data["heldout_photos"]
     return (
         f"The demo model is tiny ({rows[DEMO_ROW]['parameters'] / 1e6:.2f}M-parameter student +"
@@ -68,13 +69,7 @@ def render_demo(result: dict) -> str:
 def render_run(result: dict) -> str:
     cfg, rows, summary, stages = (result[k] for k in ("config", "rows", "summary", "stages"))
     difference = summary["kd_minus_nokd_masked_psnr"]
-    low, high = difference["interval"]
-    if low > 0:
-        verdict = "helped"
-    elif high < 0:
-        verdict = "hurt"
-    else:
-        verdict = "made no difference the intervals can tell"
+    verdict = distillation_effect(summary) or "made no difference the intervals can tell"
     command = (
         f"moebius reproduce small --scale {cfg['scale']:g} --jobs {cfg['jobs']}"
         f" --threads {result['threads']}" + (f" --bundle {cfg['bundle']}" if cfg["bundle"] else "")

@@ -21,6 +21,7 @@ from readme_sections import README, with_section, write_or_check
 from moebius.cpu import describe_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).name
 SIDE_BY_SIDE = ROOT / "docs" / "bench" / "side-by-side-512"
 INPAINT = ROOT / "docs" / "bench" / "inpaint-512"
 GROWTH = ROOT / "docs" / "bench" / "student-growth"
@@ -499,14 +500,14 @@ def updated_readme() -> str:
             json.loads(other_compare.read_text()) if other_compare.is_file() else None,
         )
     )
-    return with_section(README.read_text(), "speed", "update_readme_speed.py", body)
+    return with_section(README.read_text(), "speed", SCRIPT, body)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report whether it is current")
     args = parser.parse_args()
-    return write_or_check(updated_readme(), args.check, "update_readme_speed.py")
+    return write_or_check(updated_readme(), args.check, SCRIPT)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from moebius.files import write_json
 from moebius.nn.kernels import (
     ACTIVATIONS,
     CONV_ENGINES,
+    GLA_CHUNK_SIZES,
     GLA_ENGINES,
     LINEAR_ENGINES,
     WINDOW_ENGINES,
@@ -447,7 +448,7 @@ def gated_linear_attention(a: LinearAttention) -> torch.Tensor:
     b, h, t, dk = a.q.shape
     dv = a.v.shape[-1]
     default = next(iter(GLA_ENGINES))
-    flops = 2 * b * h * t * (64 * (dk + dv) + 2 * dk * dv)
+    flops = 2 * b * h * t * (GLA_CHUNK_SIZES[0] * (dk + dv) + 2 * dk * dv)
     if not _eligible(a.q, a.k) or (flops < TUNE_MIN_FLOPS and mode() == "tune"):
         return GLA_ENGINES[default](a)
     dtype = a.q.dtype

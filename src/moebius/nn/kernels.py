@@ -331,6 +331,7 @@ def _chunks_of(size: int) -> Callable[[LinearAttention], torch.Tensor]:
 
 
 # The first is the default: the size every path without tuning (training, tracing) runs.
+GLA_CHUNK_SIZES = (64, 32, 16, 8)
 GLA_ENGINES: dict[str, Callable[[LinearAttention], torch.Tensor]] = {
-    f"chunk-{size}": _chunks_of(size) for size in (64, 32, 16, 8)
+    f"chunk-{size}": _chunks_of(size) for size in GLA_CHUNK_SIZES
 }

@@ -432,6 +432,17 @@ def _train_student(cfg: RecipeConfig, out: Path, name: str, kd: bool, seed: int)
 
 # ---------------------------------------------------------------------------- evaluation
 DEMO_ROW = "demo (own defaults)"  # the bundled demo's row in the report
+# The contact sheet's columns, left to right: (row, caption); "kd" and "nokd" stand for the
+# first seed's students.
+SHEET_COLUMNS = (
+    ("masked", "masked input"),
+    ("telea", "OpenCV Telea"),
+    (DEMO_ROW, f"`{DEMO_ROW}`"),
+    ("teacher", "teacher"),
+    ("kd", "KD student"),
+    ("nokd", "no-KD student"),
+    ("truth", "ground truth"),
+)
 
 
 def at_sample_size(model, sample_size: int):
@@ -600,10 +611,11 @@ def stage_eval(cfg: RecipeConfig, out: Path) -> dict:
         for i, m in zip(images, masks, strict=True)
     ]
     samples["truth"] = images
+    first = {"kd": first_kd, "nokd": first_nokd}
     _write_contact_sheet(
         directory / "contact_sheet.png",
         samples,
-        ["masked", "telea", DEMO_ROW, "teacher", first_kd, first_nokd, "truth"],
+        [first.get(row, row) for row, _ in SHEET_COLUMNS],
     )
     _write_loss_plot(directory / "loss.png", out, cfg)
     rows = {}
@@ -802,8 +814,7 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         "",
         "![contact sheet](images/small_scale_contact_sheet.png)",
         "",
-        f"Columns: masked input, OpenCV Telea, `{DEMO_ROW}`, teacher, KD student, no-KD"
-        " student, ground truth.",
+        f"Columns: {', '.join(caption for _, caption in SHEET_COLUMNS)}.",
         "",
         "![task loss](images/small_scale_loss.png)",
         "",
@@ -867,6 +878,12 @@ def _machine() -> dict:
     return cpu_facts() | {"arch": platform.machine(), "torch": torch.__version__}
 
 
+def distillation_effect(summary: dict) -> str | None:
+    """``"helped"`` or ``"hurt"`` where the KD − no-KD interval excludes zero, else None."""
+    low, high = summary["kd_minus_nokd_masked_psnr"]["interval"]
+    return "helped" if low > 0 else "hurt" if high < 0 else None
+
+
 def _verdict(summary: dict, seeds: int) -> str:
     difference = summary["kd_minus_nokd_masked_psnr"]
     low, high = difference["interval"]
@@ -875,10 +892,8 @@ def _verdict(summary: dict, seeds: int) -> str:
         f" (95 % interval {low:+.2f} to {high:+.2f} dB, {seeds} seed"
         f"{'s' if seeds > 1 else ''} per arm)."
     )
-    if low > 0:
-        return text + " The interval excludes zero: here distillation helped."
-    if high < 0:
-        return text + " The interval excludes zero: here distillation hurt."
+    if (effect := distillation_effect(summary)) is not None:
+        return text + f" The interval excludes zero: here distillation {effect}."
     return text + " The interval includes zero: at this scale the data cannot tell them apart."
 
 
