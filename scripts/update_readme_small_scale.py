@@ -17,7 +17,7 @@ from pathlib import Path
 from readme_sections import README, with_section, write_or_check
 
 from moebius.cpu import describe_cpu
-from moebius.reproduce.small_scale import DEMO_ROW, distillation_effect
+from moebius.reproduce.small_scale import DEMO_ROW, distillation_effect, wall_clock_text
 from moebius.settings import InpaintSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +37,15 @@ def _interval(entry: dict) -> str:
     return f"95 % interval {low:+.2f} to {high:+.2f} dB"
 
 
+def _flag(name: str, value) -> str:
+    option = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{option}" if value else f"--no-{option}"
+    return f"--{option} {value:g}" if isinstance(value, float) else f"--{option} {value}"
+
+
 def _demo_flags(settings: dict) -> str:
-    return " ".join(
-        f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
-        for name, value in settings.items()
-        if name != "steps"
-    )
+    return " ".join(_flag(name, value) for name, value in settings.items() if name != "steps")
 
 
 def render_demo(result: dict) -> str:
@@ -76,9 +79,8 @@ def render_run(result: dict) -> str:
     )
     return (
         "The report in [docs/small_scale.md](docs/small_scale.md) and the bundled `moebius-demo`"
-        f" come from one run of it (`{command}`). On {result['threads']} cores of an"
-        f" {describe_cpu(result['machine'])} it took {result['wall_seconds'] / 60:.0f} min from"
-        f" the VAE to the report; the VAE reconstructs held-out photos at"
+        f" come from a run of it (`{command}`). On {result['threads']} cores of an"
+        f" {describe_cpu(result['machine'])} it took {wall_clock_text(result)}; the VAE reconstructs held-out photos at"
         f" {stages['vae']['heldout_psnr_db']:.1f} dB, {stages['decoder']['heldout_psnr_db']:.1f}"
         f" dB after the decoder stage. On {len(result['cases'])} held-out cases the students"
         f" score {summary['kd_masked_psnr']['mean']:.1f} dB of masked PSNR (KD) and"

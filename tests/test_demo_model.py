@@ -56,8 +56,8 @@ def test_default_model_falls_back_to_the_demo_offline(tmp_path, monkeypatch, cap
 def test_the_demo_fills_a_heldout_photo_about_as_well_as_opencv(fixtures_dir):
     """A broken or untrained demo cannot ship: on a photo the recipe held out of training (with
     its medium mask), the demo's fill at its own defaults (a refined Telea fill) must score a
-    masked PSNR no more than 1 dB below OpenCV Telea's on the same hole (the bundled demo: 0.6
-    dB below), and the model painting from pure noise no more than 2 dB below (0.9 dB below;
+    masked PSNR no more than 1 dB below OpenCV Telea's on the same hole (the bundled demo: 0.3
+    dB below), and the model painting from pure noise no more than 2 dB below (1.7 dB below;
     the demo before it: 8 dB). The hole is blanked first, so neither method sees what was
     there."""
     import cv2
@@ -75,7 +75,10 @@ def test_the_demo_fills_a_heldout_photo_about_as_well_as_opencv(fixtures_dir):
     pipe = MoebiusInpaintPipeline.from_pretrained("moebius-demo")
     pipe.set_progress_bar_config(disable=True)
     away = far_from(mask, scale=photo.shape[0] / pipe.image_size)  # the photo is square
-    for bound, settings in ((1.0, {}), (2.0, {"prefill": "none", "strength": 1.0})):
+    for bound, settings in (
+        (1.0, {}),
+        (2.0, {"prefill": "none", "strength": 1.0, "residual_decode": False}),
+    ):
         filled = pipe(
             image=Image.fromarray(blanked),
             mask_image=Image.fromarray(mask),

@@ -417,6 +417,34 @@ def test_prefill_has_no_effect_from_pure_noise(pipe):
     np.testing.assert_array_equal(runs[0].images[0], runs[1].images[0])
 
 
+def test_residual_decode_cancels_a_colour_cast_of_the_vae():
+    """A VAE whose decoder adds a colour cast (here on top of an untrained VAE's own) shifts the
+    whole output; decoding only what the denoiser changed and adding it to the (prefilled)
+    photo leaves the cast out."""
+    vae = tiny_vae()
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += torch.tensor([0.4, -0.3, 0.0])  # a cast of +51/−38 levels
+    cast = MoebiusInpaintPipeline(tiny_model(), vae)
+    cast.set_progress_bar_config(disable=True)
+    image, mask = photo(64, 64), box_mask(64, 64, (16, 16, 48, 48))
+    before = np.asarray(image).astype(float)
+    shift = {}
+    for residual in (False, True):
+        out = cast(
+            image,
+            mask,
+            num_inference_steps=4,
+            strength=0.5,
+            prefill="telea",
+            paste_back="none",
+            residual_decode=residual,
+            output_type="np",
+        ).images[0]
+        shift[residual] = (out.astype(float) - before).mean(axis=(0, 1))  # per channel
+    assert np.abs(shift[False]).max() > 40  # the cast, and the untrained VAE's own
+    assert np.abs(shift[True]).max() < 8, shift  # what is left: the denoiser's change
+
+
 class EncodesEveryPhoto(MoebiusInpaintPipeline):
     """The pipeline as it would be if every strength needed the photo's own latent."""
 

@@ -20,8 +20,11 @@ from moebius.reproduce.small_scale import (
     DEMO_ROW,
     RecipeConfig,
     at_sample_size,
+    fills_task,
     run,
+    sampled_rows,
     stage_data,
+    wall_clock_text,
 )
 
 
@@ -87,7 +90,7 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     readme = importlib.import_module("update_readme_small_scale")
     demo, summary = readme.render_demo(kept), readme.render_run(kept)
     assert f"{result['inpaint_seconds']['demo']:.1f} s for one 64 px inpaint" in demo
-    assert "`--prefill telea --strength 0.25 --guidance 1`, 5 denoising steps" in demo
+    assert "`--prefill telea --strength 0.25 --guidance 1 --residual-decode`, 5 denoising" in demo
     assert "--scale 0.002 --jobs 2 --threads" in summary
     assert f"Telea's {result['rows']['telea']['masked_psnr']:.1f} dB" in summary
 
@@ -98,7 +101,7 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     own = {t: json.loads((run_dir / t / "result.json").read_text()) for t in tasks}
     assert all(entry["seconds"] > 0 and entry["threads"] >= 1 for entry in own.values())
     assert own["vae"]["threads"] == torch.get_num_threads()  # alone: all of them
-    assert result["wall_seconds"] > 0
+    assert [entry["seconds"] for entry in result["invocations"]] == [result["wall_seconds"]]
     assert "2 tasks at a time in separate processes" in report and "evaluation fills" in report
 
     # bfloat16 only where this CPU computes it natively and measured faster in it; elsewhere
@@ -121,6 +124,12 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     alone = run(dataclasses.replace(cfg, jobs=1, docs=None, bundle=None))
     for name, row in result["rows"].items():
         assert alone["rows"][name]["masked_psnr"] == pytest.approx(row["masked_psnr"], abs=0.05)
+    # That second invocation is on record beside the first, which ran every task.
+    first_go, again = alone["invocations"]
+    assert set(first_go["ran"]) >= set(own) | {"eval"} and again["seconds"] > 0
+    assert again["ran"] == [*map(fills_task, sampled_rows(cfg)), "eval"]
+    assert alone["wall_seconds"] == pytest.approx(first_go["seconds"] + again["seconds"])
+    assert "over 2 invocations" in wall_clock_text(alone)
 
     # The decoder stage retrained the VAE's decoder only (the latents the cache holds stay
     # valid), and the bundle ships that decoder.
@@ -139,7 +148,12 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     # The bundle is a pipeline directory the CLI can use, built for the evaluation size.
     manifest = json.loads((tmp_path / "demo" / "pipeline.json").read_text())
     assert manifest["model"] == "model"
-    assert manifest["settings"] == {"guidance": 1.0, "strength": 0.25, "prefill": "telea"}
+    assert manifest["settings"] == {
+        "guidance": 1.0,
+        "strength": 0.25,
+        "prefill": "telea",
+        "residual_decode": True,
+    }
     config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
     assert config["sample_size"] == cfg.eval_size // 8
     scheduler = json.loads((tmp_path / "demo" / "scheduler" / "scheduler_config.json").read_text())

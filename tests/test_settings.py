@@ -43,6 +43,7 @@ def test_strings_become_choices():
         ({"steps": 2.5}, "steps must be a whole number"),
         ({"steps": True}, "steps must be a number"),
         ({"strength": 0}, "strength must be in (0, 1]"),
+        ({"residual_decode": "on", "strength": 1}, "residual_decode needs strength below 1"),
         ({"steps": 1}, "run no denoising step"),
         ({"seed": -3}, "seed must be in"),
         ({"image_size": 100}, "image_size must be a multiple of 64"),
@@ -104,6 +105,10 @@ def test_command_line_options_are_derived():
     assert settings_from_args(parser.parse_args(["--prefill", "none"]), own) == InpaintSettings(
         strength=0.25, guidance=1.0
     )
+    # a switch a model turns on by default can be turned off
+    own = InpaintSettings(strength=0.25, residual_decode=True)
+    off = settings_from_args(parser.parse_args(["--no-residual-decode"]), own)
+    assert off == InpaintSettings(strength=0.25)
     subset = argparse.ArgumentParser()
     add_settings_args(subset, ["steps"])
     assert settings_from_args(subset.parse_args(["--steps", "3"])) == InpaintSettings(steps=3)

@@ -38,6 +38,7 @@ CALL_ARGUMENTS = {
     "guidance_scale": "guidance",
     "strength": "strength",
     "prefill": "prefill",
+    "residual_decode": "residual_decode",
     "noise_offset": "noise_offset",
     "category": "category",
     "scheduler": "scheduler",
@@ -202,7 +203,8 @@ class InpaintPipeline:
 
         Settings come from ``settings`` (an :class:`~moebius.settings.InpaintSettings`,
         default: :attr:`default_settings`) and the diffusers-style keywords, which win:
-        ``num_inference_steps``, ``guidance_scale``, ``strength``, ``prefill``, ``noise_offset``,
+        ``num_inference_steps``, ``guidance_scale``, ``strength``, ``prefill``,
+        ``residual_decode``, ``noise_offset``,
         ``category``, ``scheduler``, ``strategy``, ``image_size``, ``crop_padding``,
         ``mask_dilation``, ``paste_back`` (a paste mode, or True/False), ``resize_mask``.
         ``generator``: an int seed or a generator shared by the batch, or one seed or
@@ -343,8 +345,20 @@ class InpaintPipeline:
         latents = denoise(predict, sampler, latents, on_step=on_step, cancelled=cancelled)
         lap("denoise")
         decoded = self._decode(latents)
+        if settings.residual_decode:
+            decoded = _with_change(pixels, decoded, self._decode(image_latents))
         lap("decode")
         return decoded
+
+
+def _with_change(start_pixels: np.ndarray, decoded: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """``start_pixels`` ((B, 3, H, W) in [−1, 1], what the sampler started from) plus what the
+    denoiser changed: ``decoded`` (its result, decoded) − ``start`` (the start's own latents,
+    decoded), both (B, H, W, 3) uint8 → (B, H, W, 3) uint8. Whatever the VAE gets wrong in
+    both decodes, such as a colour shift, cancels."""
+    base = (start_pixels.transpose(0, 2, 3, 1) + 1) * 127.5
+    change = decoded.astype(np.float32) - start.astype(np.float32)
+    return np.clip(np.rint(base + change), 0, 255).astype(np.uint8)
 
 
 class MoebiusInpaintPipeline(InpaintPipeline):
