@@ -77,7 +77,7 @@ def test_the_demo_fills_a_heldout_photo_about_as_well_as_opencv(fixtures_dir):
     away = far_from(mask, scale=photo.shape[0] / pipe.image_size)  # the photo is square
     for bound, settings in (
         (1.0, {}),
-        (2.0, {"prefill": "none", "strength": 1.0, "residual_decode": False}),
+        (2.0, {"prefill": "none", "strength": 1.0}),
     ):
         filled = pipe(
             image=Image.fromarray(blanked),

@@ -444,6 +444,13 @@ def test_residual_decode_cancels_a_colour_cast_of_the_vae():
     assert np.abs(shift[False]).max() > 40  # the cast, and the untrained VAE's own
     assert np.abs(shift[True]).max() < 8, shift  # what is left: the denoiser's change
 
+    # From pure noise there is nothing of the photo to keep: the switch changes nothing.
+    runs = [
+        cast(image, mask, num_inference_steps=3, strength=1.0, residual_decode=r, output_type="np")
+        for r in (False, True)
+    ]
+    np.testing.assert_array_equal(runs[0].images[0], runs[1].images[0])
+
 
 class EncodesEveryPhoto(MoebiusInpaintPipeline):
     """The pipeline as it would be if every strength needed the photo's own latent."""

@@ -345,7 +345,7 @@ class InpaintPipeline:
         latents = denoise(predict, sampler, latents, on_step=on_step, cancelled=cancelled)
         lap("denoise")
         decoded = self._decode(latents)
-        if settings.residual_decode:
+        if settings.residual_decode and image_latents is not None:  # None: from pure noise
             decoded = _with_change(pixels, decoded, self._decode(image_latents))
         lap("decode")
         return decoded

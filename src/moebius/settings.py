@@ -118,7 +118,8 @@ class InpaintSettings:
         False,
         "below strength 1: decode only what the denoiser changed and add it to the (prefilled) "
         "photo, so the VAE's own reconstruction error cancels; for a small VAE that shifts "
-        "colours, such as the bundled demo's; one decode more",
+        "colours, such as the bundled demo's; one decode more. At strength 1 (a start from "
+        "pure noise, nothing of the photo to keep) it does nothing",
     )
     noise_offset: float = _setting(
         NOISE_OFFSET,
@@ -193,10 +194,6 @@ class InpaintSettings:
             _check_number(spec, value, kind)
         if not 0 < self.strength <= 1:
             raise InputError(f"strength must be in (0, 1], got {self.strength}")
-        if self.residual_decode and self.strength == 1:
-            raise InputError(
-                "residual_decode needs strength below 1 (a start from the photo's own latent)"
-            )
         if int(self.steps * self.strength) < 1:
             raise InputError(
                 f"{self.steps} steps at strength {self.strength} run no denoising step "
