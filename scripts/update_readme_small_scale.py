@@ -80,8 +80,8 @@ def render_run(result: dict) -> str:
     return (
         "The report in [docs/small_scale.md](docs/small_scale.md) and the bundled `moebius-demo`"
         f" come from a run of it (`{command}`). On {result['threads']} cores of an"
-        f" {describe_cpu(result['machine'])} it took {wall_clock_text(result)}; the VAE reconstructs held-out photos at"
-        f" {stages['vae']['heldout_psnr_db']:.1f} dB, {stages['decoder']['heldout_psnr_db']:.1f}"
+        f" {describe_cpu(result['machine'])} it took {wall_clock_text(result)}; the VAE"
+        f" reconstructs held-out photos at {stages['vae']['heldout_psnr_db']:.1f} dB, {stages['decoder']['heldout_psnr_db']:.1f}"
         f" dB after the decoder stage. On {len(result['cases'])} held-out cases the students"
         f" score {summary['kd_masked_psnr']['mean']:.1f} dB of masked PSNR (KD) and"
         f" {summary['nokd_masked_psnr']['mean']:.1f} dB (no-KD) against OpenCV Telea's"
