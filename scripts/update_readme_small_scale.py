@@ -18,7 +18,7 @@ from readme_sections import README, with_section, write_or_check
 
 from moebius.cpu import describe_cpu
 from moebius.reproduce.small_scale import DEMO_ROW, distillation_effect, wall_clock_text
-from moebius.settings import InpaintSettings
+from moebius.settings import InpaintSettings, as_options
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "docs" / "small_scale.json"
@@ -37,17 +37,6 @@ def _interval(entry: dict) -> str:
     return f"95 % interval {low:+.2f} to {high:+.2f} dB"
 
 
-def _flag(name: str, value) -> str:
-    option = name.replace("_", "-")
-    if isinstance(value, bool):
-        return f"--{option}" if value else f"--no-{option}"
-    return f"--{option} {value:g}" if isinstance(value, float) else f"--{option} {value}"
-
-
-def _demo_flags(settings: dict) -> str:
-    return " ".join(_flag(name, value) for name, value in settings.items() if name != "steps")
-
-
 def render_demo(result: dict) -> str:
     cfg, rows, summary = result["config"], result["rows"], result["summary"]
     demo, stages, data = cfg["demo_settings"], result["stages"], result["data"]
@@ -61,7 +50,8 @@ def render_demo(result: dict) -> str:
         f" its fills score {_against_telea(summary, result['demo_model'])} OpenCV Telea's in"
         f" masked PSNR on {cases} held-out cases ({photos} photos × {cases // photos} mask"
         " widths); by default it starts from Telea's fill of the hole, noised, and refines it"
-        f" (its own defaults: `{_demo_flags(demo)}`, {steps} denoising steps):"
+        f" (its own defaults: `{as_options({k: v for k, v in demo.items() if k != 'steps'})}`,"
+        f" {steps} denoising steps):"
         f" {_against_telea(summary, DEMO_ROW, digits=2)} Telea"
         f" ({_interval(summary[f'{DEMO_ROW}_minus_telea_psnr'])}),"
         f" {result['inpaint_seconds']['demo']:.1f} s for one {cfg['eval_size']} px inpaint on"
@@ -81,8 +71,8 @@ def render_run(result: dict) -> str:
         "The report in [docs/small_scale.md](docs/small_scale.md) and the bundled `moebius-demo`"
         f" come from a run of it (`{command}`). On {result['threads']} cores of an"
         f" {describe_cpu(result['machine'])} it took {wall_clock_text(result)}; the VAE"
-        f" reconstructs held-out photos at {stages['vae']['heldout_psnr_db']:.1f} dB, {stages['decoder']['heldout_psnr_db']:.1f}"
-        f" dB after the decoder stage. On {len(result['cases'])} held-out cases the students"
+        f" reconstructs held-out photos at {stages['vae']['heldout_psnr_db']:.1f} dB,"
+        f" {stages['decoder']['heldout_psnr_db']:.1f} dB after the decoder stage. On {len(result['cases'])} held-out cases the students"
         f" score {summary['kd_masked_psnr']['mean']:.1f} dB of masked PSNR (KD) and"
         f" {summary['nokd_masked_psnr']['mean']:.1f} dB (no-KD) against OpenCV Telea's"
         f" {rows['telea']['masked_psnr']:.1f} dB, and distillation {verdict}"

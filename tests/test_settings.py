@@ -11,8 +11,10 @@ from moebius.settings import (
     Category,
     InpaintSettings,
     PasteMode,
+    Prefill,
     Strategy,
     add_settings_args,
+    as_options,
     item_seed,
     settings_from_args,
 )
@@ -108,6 +110,14 @@ def test_command_line_options_are_derived():
     own = InpaintSettings(strength=0.25, residual_decode=True)
     off = settings_from_args(parser.parse_args(["--no-residual-decode"]), own)
     assert off == InpaintSettings(strength=0.25)
+    # settings written out as options (the README's demo defaults) parse back to themselves
+    written = {"strength": 0.25, "prefill": Prefill.TELEA, "residual_decode": True}
+    written |= {"resize_mask": False, "steps": 8}
+    options = as_options(written)
+    assert options == (
+        "--strength 0.25 --prefill telea --residual-decode --no-resize-mask --steps 8"
+    )
+    assert settings_from_args(parser.parse_args(options.split())) == InpaintSettings(**written)
     subset = argparse.ArgumentParser()
     add_settings_args(subset, ["steps"])
     assert settings_from_args(subset.parse_args(["--steps", "3"])) == InpaintSettings(steps=3)

@@ -319,6 +319,21 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def as_options(values: Mapping[str, Any]) -> str:
+    """Settings as the command-line options that give them (``--strength 0.25 --no-resize-mask``),
+    spelt as :func:`add_settings_args` defines them: for documentation."""
+    options = []
+    for name, value in values.items():
+        flag, value = _flag(name), value.value if isinstance(value, Enum) else value
+        if isinstance(value, bool):
+            options.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, float):
+            options.append(f"{flag} {value:g}")
+        else:
+            options.append(f"{flag} {value}")
+    return " ".join(options)
+
+
 MODEL_DEFAULTS_NOTE = (
     "Defaults below are the official model's; a model directory may carry its own in "
     "pipeline.json (the bundled moebius-demo does). An option given here always wins."

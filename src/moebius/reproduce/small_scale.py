@@ -990,8 +990,7 @@ def _invocations(out: Path) -> list[dict]:
 
 
 def _write_invocations(out: Path, invocations: list[dict]) -> list[dict]:
-    total = sum(entry["seconds"] for entry in invocations)
-    write_json(out / "wall.json", {"seconds": total, "invocations": invocations})
+    write_json(out / "wall.json", {"invocations": invocations})
     return invocations
 
 
