@@ -26,6 +26,7 @@ from moebius.reproduce.small_scale import (
     stage_data,
     wall_clock_text,
 )
+from moebius.reproduce.vae_training import SMALL_VAE
 
 
 def _photos(folder, count: int = 5) -> None:
@@ -198,6 +199,22 @@ def test_a_student_moved_to_another_size_computes_the_same():
     ids = torch.arange(20).reshape(2, 10)
     with torch.no_grad():
         assert torch.allclose(large(x, 500, ids).sample, small(x, 500, ids).sample, atol=1e-6)
+
+
+def test_a_run_resumes_only_under_the_training_recipe_it_started_with(tmp_path, capsys):
+    _photos(tmp_path / "photos")
+    out = tmp_path / "run"
+    args = ["reproduce", "small", "--out", str(out), "--photos", str(tmp_path / "photos")]
+    args += ["--until", "data", "--docs", str(tmp_path / "docs")]
+    assert cli_main([*args, "--scale", "0.01"]) == 0
+    assert json.loads((out / "recipe.json").read_text())["vae"] == SMALL_VAE
+    # Where it writes, the seeds and the evaluation's settings may change between invocations.
+    assert cli_main([*args, "--scale", "0.01", "--jobs", "2", "--seeds", "0"]) == 0
+    capsys.readouterr()
+    assert cli_main([*args, "--scale", "0.02"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert "started under another training recipe (scale 0.01 → 0.02)" in error
 
 
 def test_an_interrupted_data_stage_redone_pairs_photos_with_the_same_masks(tmp_path):

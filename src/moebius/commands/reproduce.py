@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         default="runs/small-scale",
-        help="working directory for all stages (default: %(default)s)",
+        help="working directory for all stages; a run resumes there only under the training "
+        "recipe it started with (recorded in its recipe.json), or stops with an error "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--photos",

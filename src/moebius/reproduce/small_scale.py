@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from moebius.cpu import cpu_facts, describe_cpu
+from moebius.errors import InputError
 from moebius.files import atomic_write, write_json
 from moebius.reproduce.schedule import Task, run_tasks
 from moebius.settings import item_seed
@@ -1027,10 +1028,58 @@ def wall_clock_text(result: dict) -> str:
     )
 
 
+# Fields a run may change between invocations: where it writes, how many tasks run at once,
+# which seeds it trains, and the evaluation's settings (delete the eval/ tasks to redo them).
+NOT_TRAINING = (
+    *("out", "jobs", "docs", "bundle", "seeds"),
+    *("sample_steps", "guidance", "bootstrap", "demo_settings"),
+)
+
+
+def training_recipe(cfg: RecipeConfig) -> dict:
+    """What the trained stages of a run depend on: the recipe's fields but :data:`NOT_TRAINING`,
+    and the three networks' configs."""
+    from moebius.reproduce.vae_training import SMALL_VAE
+
+    fields = {key: value for key, value in asdict(cfg).items() if key not in NOT_TRAINING}
+    networks = {"vae": SMALL_VAE, "teacher": TEACHER_CONFIG, "student": STUDENT_CONFIG}
+    return json.loads(json.dumps(fields | networks))  # as recipe.json will hold it
+
+
+def _flat(recipe: dict) -> dict:
+    return {
+        f"{key}.{inner}" if isinstance(value, dict) else key: inner_value
+        for key, value in recipe.items()
+        for inner, inner_value in (value.items() if isinstance(value, dict) else [(key, value)])
+    }
+
+
+def check_training_recipe(cfg: RecipeConfig, out: Path) -> None:
+    """Record the run's :func:`training_recipe` in ``out/recipe.json`` on its first invocation;
+    refuse a later one under another, whose finished stages would be reused as if it had
+    trained them."""
+    path, current = out / "recipe.json", training_recipe(cfg)
+    if not path.exists():
+        write_json(path, current)
+        return
+    recorded, now = _flat(json.loads(path.read_text())), _flat(current)
+    changes = [
+        f"{key} {recorded.get(key, 'unset')} → {now.get(key, 'unset')}"
+        for key in dict.fromkeys([*recorded, *now])
+        if recorded.get(key, "unset") != now.get(key, "unset")
+    ]
+    if changes:
+        raise InputError(
+            f"{out} was started under another training recipe ({'; '.join(changes)}):"
+            " give a new --out, or delete the run"
+        )
+
+
 def run(cfg: RecipeConfig, until: str = "eval") -> dict:
     """Run the stages up to and including ``until`` (their tasks at ``cfg.jobs`` at a time);
     returns the data stage's result, or with ``until="eval"`` the evaluation's."""
     out = Path(cfg.out)
+    check_training_recipe(cfg, out)
     result = stage_data(cfg, out)
     if cfg.docs:
         write_photo_licences(result["manifest"], Path(cfg.docs))
