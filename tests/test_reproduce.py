@@ -201,7 +201,9 @@ def test_a_student_moved_to_another_size_computes_the_same():
         assert torch.allclose(large(x, 500, ids).sample, small(x, 500, ids).sample, atol=1e-6)
 
 
-def test_a_run_resumes_only_under_the_training_recipe_it_started_with(tmp_path, capsys):
+def test_a_run_resumes_only_under_the_training_recipe_it_started_with(
+    tmp_path, capsys, monkeypatch
+):
     _photos(tmp_path / "photos")
     out = tmp_path / "run"
     args = ["reproduce", "small", "--out", str(out), "--photos", str(tmp_path / "photos")]
@@ -210,6 +212,8 @@ def test_a_run_resumes_only_under_the_training_recipe_it_started_with(tmp_path, 
     assert json.loads((out / "recipe.json").read_text())["vae"] == SMALL_VAE
     # Where it writes, the seeds and the evaluation's settings may change between invocations.
     assert cli_main([*args, "--scale", "0.01", "--jobs", "2", "--seeds", "0"]) == 0
+    monkeypatch.chdir(tmp_path)  # the same photo folder, spelled relative to here
+    assert cli_main([*args[:5], "photos", *args[6:], "--scale", "0.01"]) == 0
     capsys.readouterr()
     assert cli_main([*args, "--scale", "0.02"]) != 0
     error = capsys.readouterr().err.strip()

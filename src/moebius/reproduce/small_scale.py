@@ -1031,8 +1031,15 @@ def wall_clock_text(result: dict) -> str:
 # Fields a run may change between invocations: where it writes, how many tasks run at once,
 # which seeds it trains, and the evaluation's settings (delete the eval/ tasks to redo them).
 NOT_TRAINING = (
-    *("out", "jobs", "docs", "bundle", "seeds"),
-    *("sample_steps", "guidance", "bootstrap", "demo_settings"),
+    "out",
+    "jobs",
+    "docs",
+    "bundle",
+    "seeds",
+    "sample_steps",
+    "guidance",
+    "bootstrap",
+    "demo_settings",
 )
 
 
@@ -1042,6 +1049,8 @@ def training_recipe(cfg: RecipeConfig) -> dict:
     from moebius.reproduce.vae_training import SMALL_VAE
 
     fields = {key: value for key, value in asdict(cfg).items() if key not in NOT_TRAINING}
+    if cfg.photos:  # the same folder, however the invocation spells it
+        fields["photos"] = str(Path(cfg.photos).resolve())
     networks = {"vae": SMALL_VAE, "teacher": TEACHER_CONFIG, "student": STUDENT_CONFIG}
     return json.loads(json.dumps(fields | networks))  # as recipe.json will hold it
 
