@@ -24,21 +24,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moebius.reproduce.small_scale import _heldout_photos, _training_photos
-from moebius.reproduce.vae_training import SMALL_VAE, finetune_decoder, train_vae
+from moebius.reproduce.small_scale import RecipeConfig, _training_photos, heldout_photos
+from moebius.reproduce.vae_training import SMALL_VAE, finetune_decoder, reconstruct, train_vae
 
 
 @torch.no_grad()
 def colour_errors(vae_dir: Path, photos: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Each photo's reconstruction PSNR and mean error per channel (decoded − photo, 0–255)."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
     rows = {}
     for name, photo in photos.items():
-        x = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        decoded = ((y[0].permute(1, 2, 0) + 1) * 127.5).round().numpy()
-        error = decoded - photo
+        error = reconstruct(vae, photo)[0].permute(1, 2, 0).numpy() - photo
         rows[name] = {
             "psnr_db": round(float(10 * np.log10(255.0**2 / np.square(error).mean())), 2),
             "mean_error_rgb": [round(float(e), 1) for e in error.reshape(-1, 3).mean(0)],
@@ -57,23 +55,20 @@ def main() -> None:
 
     torch.set_num_threads(1)
     images = [Image.open(p).convert("RGB") for p in _training_photos(args.run)]
-    heldout = _heldout_photos(args.run)
-    cases = json.loads((args.run / "data" / "result.json").read_text())["cases"]
-    photos = dict(zip(dict.fromkeys(c["photo"] for c in cases), heldout, strict=True))
-    crops = {"size": 128, "batch": 8, "short_sides": (256, 768), "bf16": False}
+    photos = heldout_photos(args.run)
+    recipe = RecipeConfig()  # as the recipe's VAE stages are given them
+    stage_args = {
+        "size": recipe.vae_crop,
+        "batch": recipe.batch_size,
+        "short_sides": tuple(recipe.short_side),
+        "heldout": list(photos.values()),
+    }
     for groups in args.groups:
         out = args.out / f"groups-{groups}"
         config = SMALL_VAE | {"norm_num_groups": groups}
-        first = train_vae(
-            images, out / "vae", args.vae_steps, config=config, heldout=heldout, **crops
-        )
+        first = train_vae(images, out / "vae", args.vae_steps, config=config, **stage_args)
         second = finetune_decoder(
-            out / "vae" / "vae",
-            images,
-            out / "decoder",
-            args.decoder_steps,
-            heldout=heldout,
-            **crops,
+            out / "vae" / "vae", images, out / "decoder", args.decoder_steps, **stage_args
         )
         report = {
             "norm_num_groups": groups,

@@ -206,16 +206,19 @@ def test_a_run_resumes_only_under_the_training_recipe_it_started_with(
 ):
     _photos(tmp_path / "photos")
     out = tmp_path / "run"
-    args = ["reproduce", "small", "--out", str(out), "--photos", str(tmp_path / "photos")]
-    args += ["--until", "data", "--docs", str(tmp_path / "docs")]
-    assert cli_main([*args, "--scale", "0.01"]) == 0
+
+    def reproduce(*options: str, photos: str = str(tmp_path / "photos")) -> int:
+        common = ["--out", str(out), "--until", "data", "--docs", str(tmp_path / "docs")]
+        return cli_main(["reproduce", "small", *common, "--photos", photos, *options])
+
+    assert reproduce("--scale", "0.01") == 0
     assert json.loads((out / "recipe.json").read_text())["vae"] == SMALL_VAE
     # Where it writes, the seeds and the evaluation's settings may change between invocations.
-    assert cli_main([*args, "--scale", "0.01", "--jobs", "2", "--seeds", "0"]) == 0
+    assert reproduce("--scale", "0.01", "--jobs", "2", "--seeds", "0") == 0
     monkeypatch.chdir(tmp_path)  # the same photo folder, spelled relative to here
-    assert cli_main([*args[:5], "photos", *args[6:], "--scale", "0.01"]) == 0
+    assert reproduce("--scale", "0.01", photos="photos") == 0
     capsys.readouterr()
-    assert cli_main([*args, "--scale", "0.02"]) != 0
+    assert reproduce("--scale", "0.02") != 0
     error = capsys.readouterr().err.strip()
     assert "\n" not in error
     assert "started under another training recipe (scale 0.01 → 0.02)" in error

@@ -284,19 +284,20 @@ def _vae_stage(cfg: RecipeConfig, out: Path, stage: str, train, steps: int) -> d
         size=cfg.vae_crop,
         batch=cfg.batch_size,
         short_sides=tuple(cfg.short_side),
-        heldout=_heldout_photos(out),
+        heldout=list(heldout_photos(out).values()),
     )
     result["seconds"] = time.perf_counter() - started
     result |= vae_seconds(_load_vae(out, stage), cfg.eval_size)
     return _finish_stage(directory, result)
 
 
-def _heldout_photos(out: Path) -> list[np.ndarray]:
+def heldout_photos(out: Path) -> dict[str, np.ndarray]:
+    """The run's held-out photos by name, whole."""
     directory = out / "data" / "heldout"
-    return [
-        np.asarray(Image.open(directory / f"{name}.png").convert("RGB"))
+    return {
+        name: np.asarray(Image.open(directory / f"{name}.png").convert("RGB"))
         for name in dict.fromkeys(c["photo"] for c in _stage_done(out / "data")["cases"])
-    ]
+    }
 
 
 def _load_vae(out: Path, stage: str = "decoder"):

@@ -107,19 +107,24 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 @torch.no_grad()
+def reconstruct(vae, image: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
+    """decode(encode(image)) of a uint8 HxWx3 image as (1, 3, H, W) on the 0–255 scale, rounded
+    as a saved image would be. The posterior's mean, or a sample drawn with ``generator``."""
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    posterior = vae.encode(x).latent_dist
+    latent = posterior.mode() if generator is None else posterior.sample(generator)
+    return ((vae.decode(latent).sample.clamp(-1, 1) + 1) * 127.5).round()
+
+
+@torch.no_grad()
 def reconstruction_psnr(vae, images: Sequence[np.ndarray], sample: bool = False) -> float:
-    """Mean PSNR (dB) of decode(encode(x)) over whole images (uint8 HxWx3), one at a time.
+    """Mean PSNR (dB) of :func:`reconstruct` over whole images (uint8 HxWx3), one at a time.
     ``sample``: decode a posterior sample (what the pipeline does) instead of the mean."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0) if sample else None
     values = []
     for image in images:
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        posterior = vae.encode(x).latent_dist
-        latent = posterior.sample(generator) if sample else posterior.mode()
-        y = vae.decode(latent).sample.clamp(-1, 1)
-        # quantise as a saved image would be, then PSNR on the 0–255 scale
-        y = ((y + 1) * 127.5).round()
-        mse = (y - (x + 1) * 127.5).square().mean()
+        target = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+        mse = (reconstruct(vae, image, generator) - target).square().mean()
         values.append(float(10 * torch.log10(255.0**2 / mse)))
     return float(np.mean(values))
 
