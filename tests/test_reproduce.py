@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from PIL import Image
 from moebius.cli import main as cli_main
 from moebius.cpu import cpu_model, describe_cpu
 from moebius.nn.engines import prefers_bfloat16
+from moebius.reproduce import vae_training
 from moebius.reproduce.small_scale import (
     DEMO_ROW,
+    TEACHER_AS_STUDENT,
     RecipeConfig,
     at_sample_size,
     fills_task,
@@ -222,6 +225,17 @@ def test_a_run_resumes_only_under_the_training_recipe_it_started_with(
     error = capsys.readouterr().err.strip()
     assert "\n" not in error
     assert "started under another training recipe (scale 0.01 → 0.02)" in error
+    # A default written in code counts like a field: here the VAE trainer's learning rate.
+    monkeypatch.setattr(vae_training, "train_vae", partial(vae_training.train_vae, lr=2e-3))
+    assert reproduce("--scale", "0.01", photos="photos") != 0
+    assert "(vae_trainers.vae.lr 0.001 → 0.002)" in capsys.readouterr().err
+    monkeypatch.undo()
+    # … and one in how the diffusion trainer is configured.
+    monkeypatch.setitem(TEACHER_AS_STUDENT, "output_param", "diff_model.conv_in.weight")
+    monkeypatch.chdir(tmp_path)
+    assert reproduce("--scale", "0.01", photos="photos") != 0
+    error = capsys.readouterr().err
+    assert "(trainers.teacher.distill.output_param diff_model.conv_out.weight →" in error
 
 
 def test_an_interrupted_data_stage_redone_pairs_photos_with_the_same_masks(tmp_path):

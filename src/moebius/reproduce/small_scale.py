@@ -30,6 +30,7 @@ multiplies every step count (tests run it with a tiny scale).
 """
 
 import copy
+import inspect
 import json
 import math
 import statistics
@@ -352,6 +353,7 @@ def _train_config(
     kd: bool,
     teacher: str | None,
     lr: float,
+    scaling_factor: float,
 ):
     from moebius.train.config import TrainConfig
 
@@ -361,7 +363,7 @@ def _train_config(
             "student_init": "near-identity" if model is STUDENT_CONFIG else "authors",
             "teacher": teacher or "pixelhacker",
             "vae": None,
-            "scaling_factor": _stage_done(out / "vae")["scaling_factor"],
+            "scaling_factor": scaling_factor,
             "image_size": cfg.train_size,
             "output_dir": str(out / name),
             "seed": seed,
@@ -408,9 +410,25 @@ def stage_teacher(cfg: RecipeConfig, out: Path) -> dict:
     directory = out / "teacher"
     if (done := _stage_done(directory)) is not None:
         return done
+    config = _teacher_config(cfg, out, _stage_done(out / "vae")["scaling_factor"])
+    return _finish_stage(directory, {"steps": config.train.max_steps, "seconds": _train(config)})
+
+
+def _teacher_config(cfg: RecipeConfig, out: Path, scaling_factor: float):
     steps = cfg.steps(cfg.teacher_steps)
-    config = _train_config(cfg, out, "teacher", TEACHER_CONFIG, steps, 0, False, None, cfg.lr)
-    return _finish_stage(directory, {"steps": steps, "seconds": _train(config)})
+    return _train_config(
+        cfg, out, "teacher", TEACHER_CONFIG, steps, 0, False, None, cfg.lr, scaling_factor
+    )
+
+
+def _student_config(
+    cfg: RecipeConfig, out: Path, name: str, kd: bool, seed: int, scaling_factor: float
+):
+    steps = cfg.steps(cfg.student_steps)
+    teacher = str(out / "teacher" / "final")
+    return _train_config(
+        cfg, out, name, STUDENT_CONFIG, steps, seed, kd, teacher, cfg.student_lr, scaling_factor
+    )
 
 
 def student_runs(cfg: RecipeConfig) -> list[tuple[str, bool, int]]:
@@ -424,14 +442,14 @@ def student_runs(cfg: RecipeConfig) -> list[tuple[str, bool, int]]:
 def _train_student(cfg: RecipeConfig, out: Path, name: str, kd: bool, seed: int) -> dict:
     from moebius.nn.engines import prefers_bfloat16
 
-    steps = cfg.steps(cfg.student_steps)
-    teacher = str(out / "teacher" / "final")
-    config = _train_config(cfg, out, name, STUDENT_CONFIG, steps, seed, kd, teacher, cfg.student_lr)
+    scaling_factor = _stage_done(out / "vae")["scaling_factor"]
+    config = _student_config(cfg, out, name, kd, seed, scaling_factor)
     # The frozen teacher only gives targets, and bfloat16 rounding moves them far less than the
     # distillation loss is worth; the student itself trains in float32.
     teacher_bfloat16 = kd and prefers_bfloat16()
     config.train.teacher_mixed_precision = "bf16" if teacher_bfloat16 else "no"
-    result = {"steps": steps, "kd": kd, "seed": seed, "teacher_bfloat16": teacher_bfloat16}
+    result = {"steps": config.train.max_steps, "kd": kd, "seed": seed}
+    result["teacher_bfloat16"] = teacher_bfloat16
     return _finish_stage(out / name, result | {"seconds": _train(config)})
 
 
@@ -1046,22 +1064,47 @@ NOT_TRAINING = (
 
 def training_recipe(cfg: RecipeConfig) -> dict:
     """What the trained stages of a run depend on: the recipe's fields but :data:`NOT_TRAINING`,
-    and the three networks' configs."""
-    from moebius.reproduce.vae_training import SMALL_VAE
+    the three networks' configs, the VAE trainers' keyword defaults and the diffusion trainer's
+    whole configuration for the teacher and a student, so that a default changed in code is
+    caught like a changed field."""
+    from moebius.reproduce.vae_training import SMALL_VAE, finetune_decoder, train_vae
 
     fields = {key: value for key, value in asdict(cfg).items() if key not in NOT_TRAINING}
     if cfg.photos:  # the same folder, however the invocation spells it
         fields["photos"] = str(Path(cfg.photos).resolve())
     networks = {"vae": SMALL_VAE, "teacher": TEACHER_CONFIG, "student": STUDENT_CONFIG}
-    return json.loads(json.dumps(fields | networks))  # as recipe.json will hold it
-
-
-def _flat(recipe: dict) -> dict:
-    return {
-        f"{key}.{inner}" if isinstance(value, dict) else key: inner_value
-        for key, value in recipe.items()
-        for inner, inner_value in (value.items() if isinstance(value, dict) else [(key, value)])
+    # Paths under the run (which may move) and the VAE stage's own scaling factor are left out.
+    out, scaling_factor = Path("<out>"), 0.0
+    trainers = {
+        "teacher": _teacher_config(cfg, out, scaling_factor).to_dict(),
+        "student": _student_config(cfg, out, "student", True, 0, scaling_factor).to_dict(),
     }
+    for config in trainers.values():
+        del config["scaling_factor"]
+    vae_trainers = {
+        "vae": _keyword_defaults(train_vae),
+        "decoder": _keyword_defaults(finetune_decoder),
+    }
+    recorded = fields | networks | {"trainers": trainers, "vae_trainers": vae_trainers}
+    return json.loads(json.dumps(recorded))  # as recipe.json will hold it
+
+
+def _keyword_defaults(function) -> dict:
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def _flat(recipe: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_training_recipe(cfg: RecipeConfig, out: Path) -> None:
@@ -1073,11 +1116,15 @@ def check_training_recipe(cfg: RecipeConfig, out: Path) -> None:
         write_json(path, current)
         return
     recorded, now = _flat(json.loads(path.read_text())), _flat(current)
-    changes = [
-        f"{key} {recorded.get(key, 'unset')} → {now.get(key, 'unset')}"
+    changed = [
+        key
         for key in dict.fromkeys([*recorded, *now])
         if recorded.get(key, "unset") != now.get(key, "unset")
     ]
+    # The trainers' configurations follow from the fields (steps, learning rates): name them
+    # only when no field changed, that is when a default in code did.
+    named = [key for key in changed if not key.startswith("trainers.")] or changed
+    changes = [f"{key} {recorded.get(key, 'unset')} → {now.get(key, 'unset')}" for key in named]
     if changes:
         raise InputError(
             f"{out} was started under another training recipe ({'; '.join(changes)}):"
