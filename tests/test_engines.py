@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from moebius.nn.kernels import (
     LINEAR_ENGINES,
     WINDOW_ENGINES,
     LinearAttention,
+    WindowContraction,
 )
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to the largest magnitude
@@ -128,6 +130,28 @@ def fused_student():
             module.running_mean.normal_()
             module.running_var.uniform_(0.5, 2.0)
     return model.fuse()
+
+
+@pytest.mark.parametrize("engine", list(WINDOW_ENGINES))
+@pytest.mark.parametrize("height", [3, 4])  # 21 positions: two bands and 5 alone; 32: four bands
+def test_every_window_engine_computes_the_local_window_sum(engine, height):
+    b, heads, k, v, r = 2, 3, 4, 5, 3
+    width, pad = 5 if height == 3 else 6, 1
+    wide = width + 2 * pad
+    n = height * wide
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(b, n, heads, k, generator=generator)
+    bank = torch.randn(k, r * r, generator=generator)
+    values = torch.randn(b, (height + 2 * pad + 1) * wide, v, generator=generator)
+    expected = torch.zeros(b, n, heads, v)
+    for dy in range(r):
+        for dx in range(r):
+            taps = q @ bank[:, dy * r + dx]  # (b, n, heads)
+            shifted = values[:, dy * wide + dx : dy * wide + dx + n]  # (b, n, v)
+            expected += taps[..., None] * shifted[:, :, None, :]
+    window = WindowContraction(q, bank, values, torch.zeros(b, n, heads, v), wide, r)
+    got = WINDOW_ENGINES[engine](replace(window, linear=lambda x, w, source=None: F.linear(x, w)))
+    _close(got, expected, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -286,10 +310,13 @@ def test_a_cached_choice_is_used_without_timing(tuning, engine):
     [
         "{not json",
         '{"schema": "other"}',
-        '{"schema": "moebius-engines/2", "choices": {"k": {"engine": "gone"}}}',
+        '{"schema": "moebius-engines/3", "choices": {"k": {"engine": "gone"}}}',
         "",
-        # the format before products were timed on their own row count
+        # the formats before products were timed on their own row count, and before banded
+        # window contractions were a candidate
         '{"schema": "moebius-engines/1", "choices": {"linear float32 512x256x128": '
+        '{"engine": "onednn-packed", "ms": {}}}}',
+        '{"schema": "moebius-engines/2", "choices": {"linear float32 512x256x128": '
         '{"engine": "onednn-packed", "ms": {}}}}',
     ],
 )

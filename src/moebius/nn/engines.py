@@ -49,7 +49,8 @@ from moebius.nn.kernels import (
 
 MODE_ENV = "MOEBIUS_ENGINES"
 CACHE_ENV = "MOEBIUS_ENGINE_CACHE"
-SCHEMA = "moebius-engines/2"  # /1 timed products on at most 2048 rows
+# /1 timed products on at most 2048 rows; /2 knew no banded window contraction
+SCHEMA = "moebius-engines/3"
 DEFAULT = "aten"
 # Below this many FLOPs a kernel's choice is lost in call overheads and timing noise.
 TUNE_MIN_FLOPS = 1 << 24

@@ -305,9 +305,48 @@ def _unfolded_windows(c: WindowContraction) -> torch.Tensor:
     return c.y
 
 
+# Positions per band: the band's product is (8·heads) × (8 + r − 1) against (8 + r − 1) × v,
+# 1.5× the taps' multiply-adds at r = 15 (the zeros off the band), in 8× fewer, larger products.
+BAND_POSITIONS = 8
+
+
+def _banded_windows(c: WindowContraction) -> torch.Tensor:
+    """Blocks of ``BAND_POSITIONS`` consecutive positions per product: a block's r value rows at
+    kernel row dy all lie in its P + r − 1 consecutive value rows, so each position's r taps are
+    written on a band (position p's at columns p … p + r − 1, zeros elsewhere) and one batched
+    product over the blocks replaces P tiny per-position ones. Positions past the last whole
+    block go one by one, as in ``strided-windows``."""
+    b, n, heads, _ = c.q.shape
+    v = c.values.shape[-1]
+    r, size = c.r, BAND_POSITIONS
+    width = size + r - 1
+    blocks, tail = divmod(n, size)
+    whole = blocks * size
+    taps = c.linear(c.q, c.bank.t(), source=c.source)  # (b, n, heads, r·r)
+    band = taps.new_zeros(blocks, size, heads, width)
+    # band[block, p, head, p + dx] for dx < r: only the band is ever written, the rest stays 0.
+    on_band = band.as_strided(
+        (blocks, size, heads, r), (size * heads * width, heads * width + 1, width, 1)
+    )
+    for i in range(b):
+        base = c.values[i]
+        y = c.y[i, :whole].view(blocks, size * heads, v)
+        for dy in range(r):
+            row = slice(dy * r, (dy + 1) * r)
+            start = base.storage_offset() + dy * c.wide * v
+            on_band.copy_(taps[i, :whole, :, row].view(blocks, size, heads, r))
+            rows = base.as_strided((blocks, width, v), (size * v, v, 1), start)
+            y.baddbmm_(band.view(blocks, size * heads, width), rows)
+            if tail:
+                window = base.as_strided((tail, r, v), (v, v, 1), start + whole * v)
+                c.y[i, whole:].baddbmm_(taps[i, whole:, :, row], window)
+    return c.y
+
+
 WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
     "strided-windows": _strided_windows,
     "unfolded-windows": _unfolded_windows,
+    "banded-windows": _banded_windows,
 }
 
 
