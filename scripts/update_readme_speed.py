@@ -207,7 +207,36 @@ def _targets(side: dict, inpaint: dict, compared: dict | None) -> list[str]:
             f"| {what} | {'≤' if at_most else '≥'} {shown(goal)} | "
             f"{'–' if value is None else shown(value)} | {reached} |"
         )
+    if whole:
+        lines += _vae_bound(inpaint, whole[0])
     return lines
+
+
+def _vae_bound(inpaint: dict, pipeline: dict) -> list[str]:
+    """What the VAE's arithmetic alone allows of its share: its FLOPs against the steps'."""
+    vae = inpaint.get("vae") or {}
+    work = {r["run"]: r["gflop"] for r in vae.get("timings", []) if "gflop" in r}
+    step = _ms(inpaint, STUDENT, 2, pipeline["dtype"], tuple(pipeline["size"]))
+    if step is None or not {"encode pair, one batch", "decode, channels-last"} <= work.keys():
+        return []
+    vae_gflop = work["encode pair, one batch"] + work["decode, channels-last"]
+    steps_gflop = pipeline["denoising_steps"] * step["flops"] / 1e9
+    share = vae_gflop / (vae_gflop + steps_gflop)
+    vae_rate = vae_gflop / pipeline["vae_s"]
+    steps_rate = steps_gflop / pipeline["denoise_s"]
+    goal = TARGETS["VAE share of that inpainting"][0]
+    # time share ≤ goal  ⇔  VAE rate / steps' rate ≥ (1 − goal) / goal · VAE FLOPs / steps' FLOPs
+    needed = (1 - goal) / goal * vae_gflop / steps_gflop
+    return [
+        "",
+        f"The VAE's share is bounded by its arithmetic: the photo and the masked photo encoded "
+        f"({work['encode pair, one batch']:.0f} GFLOP) and one decode "
+        f"({work['decode, channels-last']:.0f} GFLOP) are {100 * share:.0f} % of that "
+        f"inpainting's matrix-product FLOPs beside its {pipeline['denoising_steps']} guided "
+        f"steps ({steps_gflop:.0f} GFLOP). It ran at {vae_rate:.0f} GFLOP/s against the steps' "
+        f"{steps_rate:.0f}, which is why its share of the time is lower; {100 * goal:.0f} % "
+        f"would need it {needed:.1f}× the steps' FLOP rate: a lighter VAE, not faster kernels.",
+    ]
 
 
 def _engine_counts(chosen: dict[str, str]) -> str:

@@ -10,9 +10,11 @@ from helpers import tiny_vae
 
 import moebius
 from moebius.bench import fit_exponent, measured_flops, student_flops
+from moebius.bench import vae as vae_bench
 from moebius.cli import main as cli_main
 from moebius.cpu import native_bfloat16
 from moebius.nn import engines
+from moebius.nn.adopt import adopt
 from moebius.nn.engines import CACHE_ENV, MODE_ENV
 from moebius.nn.fusion import set_plain
 from moebius.nn.kernels import LINEAR_ENGINES
@@ -133,6 +135,18 @@ def test_bench_writes_report_table_and_plot(tmp_path, tiny_config_path, capsys, 
         for dtype in ("float32", "bfloat16")
     }
     assert all(r["median_s"] > 0 for r in vae["timings"])
+    work = {(r["run"], r["dtype"]): r["gflop"] for r in vae["timings"]}
+    # the same arithmetic in one batch or two, in either layout and dtype
+    assert (
+        work[("encode pair, one batch", "float32")]
+        == work[("encode pair, two batches", "bfloat16")]
+        > 0
+    )
+    assert (
+        work[("decode, channels-last", "float32")]
+        == work[("decode, channels-first", "bfloat16")]
+        > 0
+    )
     errors = vae["errors"]
     assert errors["dtype"] == "bfloat16" and errors["tile"] == 32
     assert errors["decode"]["psnr_db"] > 20 and errors["tiled_decode"]["max_abs"] >= 0
@@ -223,3 +237,17 @@ def test_random_weights_are_the_same_in_every_run(tiny_config_path):
     torch.rand(7)  # whatever ran in between
     second = bench._subjects()[0].module.state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_the_vae_work_counted_from_shapes_is_what_it_computes():
+    # Without the mid-block attention: torch's counter does not count the CPU's fused attention
+    # kernel (on the meta device attention decomposes into counted products).
+    vae = adopt(tiny_vae(mid_block_add_attention=False))
+    pair, latent = torch.rand(2, 3, 64, 96) * 2 - 1, torch.randn(1, 4, 8, 12)
+    counted = vae_bench.work(vae, (96, 64))
+    assert counted["encode pair, one batch"] * 1e9 == measured_flops(
+        lambda: vae.encode(pair.contiguous(memory_format=torch.channels_last))
+    )
+    assert counted["decode, channels-last"] * 1e9 == measured_flops(
+        lambda: vae.decode(latent.contiguous(memory_format=torch.channels_last))
+    )

@@ -305,12 +305,14 @@ def _vae_lines(vae: dict | None) -> list[str]:
         "",
         "Seconds per call, in turns (SDXL VAE configuration, random weights):",
         "",
-        "| run | dtype | size | median s |",
-        "|---|---|---|---|",
+        "| run | dtype | size | GFLOP | median s |",
+        "|---|---|---|---|---|",
     ]
     for r in vae["timings"]:
+        gflop = f"{r['gflop']:.0f}" if "gflop" in r else "–"
         lines.append(
-            f"| {r['run']} | {r['dtype']} | {r['size'][0]}x{r['size'][1]} | {r['median_s']:.2f} |"
+            f"| {r['run']} | {r['dtype']} | {r['size'][0]}x{r['size'][1]} | {gflop} "
+            f"| {r['median_s']:.2f} |"
         )
     e = vae.get("errors")
     if e:

@@ -320,6 +320,9 @@ class Benchmark:
             rows += vae_bench.timings(
                 timed, size, DTYPES[name], partial(self._in_turns, repeats=repeats), self.device
             )
+        work = vae_bench.work(timed, size)
+        for row in rows:
+            row["gflop"] = work[row["run"]]
         low = [d for d in self.settings.dtypes if d != "float32"]
         errors = vae_bench.errors(size, DTYPES[low[0]], self.device) if low else None
         return {"timings": rows, "errors": errors}
