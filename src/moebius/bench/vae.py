@@ -3,7 +3,7 @@ decoding cost in accuracy.
 
 Speed is measured on the real SDXL VAE configuration (random weights: speed does not depend on
 them); accuracy on the trained VAE bundled with the demo model, on a real photo, because errors
-do depend on weights (it is small, 32–128 channels against SDXL's 128–512, but trained).
+do depend on weights (it is small against SDXL's 128–512 channels, but trained).
 """
 
 import copy
@@ -25,6 +25,11 @@ def demo_vae(device: torch.device):
 
     vae = AutoencoderKL.from_pretrained(BUNDLED[DEMO] / "vae", low_cpu_mem_usage=False)
     return adopt(vae.eval().to(device))
+
+
+def _widths(vae) -> str:
+    widths = vae.config.block_out_channels
+    return f"{min(widths)}–{max(widths)}"
 
 
 def photo(size: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -96,7 +101,7 @@ def errors(size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> d
         share_statistics_across_tiles(vae)
         tiled = vae.decode(latents).sample
     return {
-        "vae": "moebius-demo (trained, 32–128 channels)",
+        "vae": f"moebius-demo (trained, {_widths(vae)} channels)",
         "size": list(size),
         "dtype": str(dtype).removeprefix("torch."),
         "encode_latent_mean_abs": (low_latents - latents).abs().mean().item(),
