@@ -2,16 +2,21 @@
 
 Each ``--variant NAME=JSON`` overrides keys of ``moebius.reproduce.vae_training.SMALL_VAE``
 (``base={}`` is the recipe's own). Every variant trains the recipe's VAE and decoder stages on
-the same photos, seed, crops and steps, one thread each, and the script prints the held-out
-reconstruction PSNR after each stage, the stages' minutes and each held-out photo's PSNR and
-mean colour error (decoded − photo, R G B, 0–255), and writes ``OUT/NAME/report.json``.
+the same photos, seed, crops and steps (on ``--threads``, 1 by default), and the script
+prints the held-out reconstruction PSNR after each stage, the stages' minutes, and each
+held-out photo's PSNR, its mean colour error (decoded − photo, R G B, 0–255) and the PSNR
+left with that mean error taken away; it writes ``OUT/NAME/report.json``.
+``--score DIR`` scores a VAE already trained (a diffusers directory) the same way.
 
     python scripts/vae_probe.py --run runs/small-scale --out runs/vae-probe \
         --variant base={} --variant 'groups-1={"norm_num_groups": 1}'
+    python scripts/vae_probe.py --run runs/small-scale --score src/moebius/assets/moebius-demo/vae
 
 ``--run`` is a ``moebius reproduce small`` run that has at least its ``data`` stage, for the
-photos. ``--decoder-steps 0`` stops each variant after the first stage. The measurements quoted
-at ``SMALL_VAE`` come from this script.
+photos. ``--decoder-steps 0`` stops each variant after the first stage; ``--bfloat16`` trains
+both stages under bfloat16 autocast. Every ``--eval-every`` steps the held-out PSNR is also
+logged, in ``OUT/NAME/vae/loss.jsonl`` and ``OUT/NAME/decoder/loss.jsonl``. The measurements
+quoted at ``SMALL_VAE`` and ``train_vae`` come from this script.
 """
 
 import argparse
@@ -29,18 +34,40 @@ from moebius.reproduce.vae_training import SMALL_VAE, finetune_decoder, reconstr
 
 @torch.no_grad()
 def colour_errors(vae_dir: Path, photos: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Each photo's reconstruction PSNR and mean error per channel (decoded − photo, 0–255)."""
+    """Each photo's reconstruction PSNR, its mean error per channel (decoded − photo, 0–255) and
+    the PSNR left with that mean error taken away (what the photo's colour cast costs)."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False).float().eval()
     rows = {}
     for name, photo in photos.items():
-        error = reconstruct(vae, photo)[0].permute(1, 2, 0).numpy() - photo
+        decoded = reconstruct(vae, photo)[0].permute(1, 2, 0).numpy()
+        mean_error = (decoded - photo).reshape(-1, 3).mean(0)
         rows[name] = {
-            "psnr_db": round(float(10 * np.log10(255.0**2 / np.square(error).mean())), 2),
-            "mean_error_rgb": [round(float(e), 1) for e in error.reshape(-1, 3).mean(0)],
+            "psnr_db": round(_psnr(decoded, photo), 2),
+            "mean_error_rgb": [round(float(e), 1) for e in mean_error],
+            "psnr_without_mean_error_db": round(
+                _psnr(np.clip(decoded - mean_error, 0, 255), photo), 2
+            ),
         }
     return rows
+
+
+def _psnr(decoded: np.ndarray, photo: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.square(decoded - photo).mean()))
+
+
+def print_scores(name: str, photos: dict[str, dict]) -> None:
+    for photo, row in photos.items():
+        print(
+            f"  {photo:16s} {row['psnr_db']:6.2f} dB  mean error {row['mean_error_rgb']}"
+            f"  without it {row['psnr_without_mean_error_db']:6.2f} dB"
+        )
+    means = [
+        np.mean([row[key] for row in photos.values()])
+        for key in ("psnr_db", "psnr_without_mean_error_db")
+    ]
+    print(f"{name}: mean {means[0]:.2f} dB, {means[1]:.2f} dB without each photo's mean error")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -61,13 +88,18 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", type=parse_variant, action="append", required=True)
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[])
+    parser.add_argument("--score", type=Path, action="append", default=[])
     parser.add_argument("--run", type=Path, default=Path("runs/small-scale"))
     parser.add_argument("--out", type=Path, default=Path("runs/vae-probe"))
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--decoder-steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bfloat16", action="store_true")
+    parser.add_argument("--eval-every", type=int, default=500)
     args = parser.parse_args()
+    if not args.variant and not args.score:
+        parser.error("give a --variant to train or a --score VAE directory")
 
     torch.set_num_threads(args.threads)
     images = [Image.open(p).convert("RGB") for p in _training_photos(args.run)]
@@ -78,7 +110,11 @@ def main() -> None:
         "batch": recipe.batch_size,
         "short_sides": tuple(recipe.short_side),
         "heldout": list(photos.values()),
+        "bf16": args.bfloat16,
+        "eval_every": args.eval_every,
     }
+    for vae_dir in args.score:
+        print_scores(str(vae_dir), colour_errors(vae_dir, photos))
     for name, overrides in args.variant:
         out = args.out / name
         started = time.perf_counter()
@@ -87,6 +123,7 @@ def main() -> None:
         )
         report = {
             "overrides": overrides,
+            "bfloat16": args.bfloat16,
             "parameters": first["parameters"],
             "vae_stage_db": round(first["heldout_psnr_db"], 2),
             "vae_stage_minutes": round((time.perf_counter() - started) / 60, 1),
@@ -106,8 +143,7 @@ def main() -> None:
         if "decoder_stage_db" in report:
             stages += f", {report['decoder_stage_db']} dB after the decoder stage"
         print(f"{name} ({report['parameters'] / 1e6:.2f} M): held out {stages}", flush=True)
-        for photo, row in report["photos"].items():
-            print(f"  {photo:16s} {row['psnr_db']:6.2f} dB  mean error {row['mean_error_rgb']}")
+        print_scores(name, report["photos"])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ out after the first stage against 23.4 for these widths, and 23.4 dB after the d
 and ``moebius reproduce small --scale 0.4``, one seed each, AMD EPYC with AVX-512 BF16; the
 published run on an AVX2 EPYC). Both lose about 1 dB to colour casts along green–magenta (a
 golden dune decoded 26/255 short of green on average): taking each held-out photo's mean
-colour error away lifts them to 24.7 and 24.5 dB.
+colour error away lifts them to 24.7 and 24.5 dB (``scripts/vae_probe.py --score DIR``).
 
 Loss: L1 + ``gradient_weight`` · L1 between the image gradients (finite differences) at
 three scales, which keeps edges sharp where plain L1 is content to blur them, + a tiny
@@ -158,8 +158,9 @@ def train_vae(
     float32). It is 1.35× faster on a CPU with AVX-512 BF16, but the short run learns far less
     in it: the recipe's first stage (SMALL_VAE with 16/32/64/128 channels) reconstructed the
     held-out photos at 18.6 / 19.4 / 20.6 dB after 500 / 1000 / 1500 steps in bfloat16 against
-    20.7 / 23.0 / 23.4 dB in float32 (scripts/vae_probe.py, one thread each, one seed, AMD
-    EPYC with AVX-512 BF16), so float32 is the default. Where the CPU lacks native bfloat16 it is
+    20.7 / 23.0 / 23.4 dB in float32 (``scripts/vae_probe.py --variant base={}
+    --decoder-steps 0``, with and without ``--bfloat16``; one thread each, one seed, AMD EPYC
+    with AVX-512 BF16), so float32 is the default. Where the CPU lacks native bfloat16 it is
     slower still: one step (8 crops of 128²) took 27 s against 1.2 s on an AVX2-only AMD EPYC.
     ``heldout`` photos are scored every ``eval_every`` steps (logged) and at the end."""
     from diffusers import AutoencoderKL
