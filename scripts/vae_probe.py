@@ -53,6 +53,33 @@ def colour_errors(vae_dir: Path, photos: dict[str, np.ndarray]) -> dict[str, dic
     return rows
 
 
+def blockwise_pca_psnr(
+    images: list[Image.Image], photos: dict[str, np.ndarray], components: int, block: int = 8
+) -> float:
+    """Mean held-out PSNR of a linear code with the VAE's budget: each photo cut into
+    ``block``² squares (the VAE's downsampling), each square kept as its first ``components``
+    principal components, fitted on the training photos at a 512-px short side."""
+
+    def squares(pixels: np.ndarray) -> np.ndarray:
+        h, w = (side // block * block for side in pixels.shape[:2])
+        cut = pixels[:h, :w].astype(np.float64).reshape(h // block, block, w // block, block, 3)
+        return cut.transpose(0, 2, 1, 3, 4).reshape(-1, block * block * 3)
+
+    def at_512(image: Image.Image) -> np.ndarray:
+        scale = 512 / min(image.size)
+        return np.asarray(image.resize([round(side * scale) for side in image.size]))
+
+    training = np.concatenate([squares(at_512(image)) for image in images])
+    mean = training.mean(0)
+    basis = np.linalg.svd(training - mean, full_matrices=False)[2][:components]
+    values = []
+    for photo in photos.values():
+        target = squares(photo)
+        kept = np.round(np.clip((target - mean) @ basis.T @ basis + mean, 0, 255))
+        values.append(_psnr(kept, target))
+    return float(np.mean(values))
+
+
 def _psnr(decoded: np.ndarray, photo: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / np.square(decoded - photo).mean()))
 
@@ -97,9 +124,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--bfloat16", action="store_true")
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--anchor-weight", type=float, default=2.0)
+    parser.add_argument("--pca", type=int, default=0, metavar="K")
     args = parser.parse_args()
-    if not args.variant and not args.score:
-        parser.error("give a --variant to train or a --score VAE directory")
+    if not (args.variant or args.score or args.pca):
+        parser.error("give a --variant to train, a --score VAE directory or --pca K")
 
     torch.set_num_threads(args.threads)
     images = [Image.open(p).convert("RGB") for p in _training_photos(args.run)]
@@ -113,13 +142,22 @@ def main() -> None:
         "bf16": args.bfloat16,
         "eval_every": args.eval_every,
     }
+    if args.pca:
+        for components in range(1, args.pca + 1):
+            psnr = blockwise_pca_psnr(images, photos, components)
+            print(f"linear code, {components} numbers per 8x8 square: held out {psnr:.2f} dB")
     for vae_dir in args.score:
         print_scores(str(vae_dir), colour_errors(vae_dir, photos))
     for name, overrides in args.variant:
         out = args.out / name
         started = time.perf_counter()
         first = train_vae(
-            images, out / "vae", args.vae_steps, config=SMALL_VAE | overrides, **stage_args
+            images,
+            out / "vae",
+            args.vae_steps,
+            config=SMALL_VAE | overrides,
+            anchor_weight=args.anchor_weight,
+            **stage_args,
         )
         report = {
             "overrides": overrides,

@@ -86,6 +86,19 @@ def gradient_loss(reconstruction: torch.Tensor, target: torch.Tensor, scales: in
     return total / scales
 
 
+# An orthonormal colour basis: brightness (grey), red–blue and green–magenta.
+COLOUR_AXES = torch.nn.functional.normalize(
+    torch.tensor([[1.0, 1, 1], [1, 0, -1], [-1, 2, -1]]), dim=1
+)
+
+
+def colour_anchor_loss(latent_mean: torch.Tensor, x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean L1 between the first three latent channels and each ``factor``² block's mean colour
+    in :data:`COLOUR_AXES`: the code is made to carry every block's colour from the start."""
+    blocks = torch.einsum("cj,bjhw->bchw", COLOUR_AXES.to(x), F.avg_pool2d(x, factor))
+    return (latent_mean[:, :3].float() - blocks).abs().mean()
+
+
 def _initialise_for_a_short_run(vae, log_variance: float = -12.0) -> None:
     """Two changes to diffusers' initialisation that matter when training is minutes long.
     Every residual block starts as the identity (its last conv zeroed), so the network starts
@@ -151,6 +164,7 @@ def train_vae(
     checkpoint_every: int = 250,
     heldout: Sequence[np.ndarray] = (),
     eval_every: int = 0,
+    anchor_weight: float = 2.0,
 ) -> dict:
     """Train and write ``out_dir/vae`` (diffusers format); resumes from ``out_dir/state.pt``.
 
@@ -168,6 +182,7 @@ def train_vae(
     torch.manual_seed(seed)
     vae = AutoencoderKL(**(config or SMALL_VAE))
     _initialise_for_a_short_run(vae)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     def losses(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
@@ -176,11 +191,13 @@ def train_vae(
         l1 = (reconstruction - x).abs().mean()
         edges = gradient_loss(reconstruction, x)
         kl = posterior.kl().float().mean() / x[0].numel()
+        anchor = colour_anchor_loss(posterior.mean, x, factor)
         return {
-            "loss": l1 + gradient_weight * edges + kl_weight * kl,
+            "loss": l1 + gradient_weight * edges + kl_weight * kl + anchor_weight * anchor,
             "l1": l1,
             "edges": edges,
             "kl": kl,
+            "anchor": anchor,
         }
 
     loop = _TrainingLoop(images, out_dir, size, batch, short_sides, seed, heldout, eval_every)
