@@ -14,9 +14,13 @@ left with that mean error taken away; it writes ``OUT/NAME/report.json``.
 
 ``--run`` is a ``moebius reproduce small`` run that has at least its ``data`` stage, for the
 photos. ``--decoder-steps 0`` stops each variant after the first stage; ``--bfloat16`` trains
-both stages under bfloat16 autocast. Every ``--eval-every`` steps the held-out PSNR is also
-logged, in ``OUT/NAME/vae/loss.jsonl`` and ``OUT/NAME/decoder/loss.jsonl``. The measurements
-quoted at ``SMALL_VAE`` and ``train_vae`` come from this script.
+both stages under bfloat16 autocast; ``--anchor-weight`` sets the first stage's colour anchor
+(the recipe's 2; 0 trains on reconstruction alone). ``--pca K`` prints, for 1 … K numbers
+per 8×8 block, the held-out PSNR of a linear code (each block's principal components, fitted
+on the training photos): what a code of the VAE's size reaches without any nonlinearity.
+Every ``--eval-every`` steps the held-out PSNR is also logged, in ``OUT/NAME/vae/loss.jsonl``
+and ``OUT/NAME/decoder/loss.jsonl``. The measurements quoted at ``SMALL_VAE`` and
+``train_vae`` come from this script.
 """
 
 import argparse

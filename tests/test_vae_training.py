@@ -73,3 +73,20 @@ def test_an_interrupted_finetune_resumes_to_the_same_weights(tmp_path, monkeypat
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
     logged = (tmp_path / "resumed" / "loss.jsonl").read_text().splitlines()
     assert logged == (tmp_path / "whole" / "loss.jsonl").read_text().splitlines()
+
+
+def test_the_colour_anchor_holds_each_blocks_colour_in_the_first_three_channels():
+    axes = vae_training.COLOUR_AXES
+    torch.testing.assert_close(axes @ axes.T, torch.eye(3))
+    grey, green = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([-0.5, 1.0, -0.5])
+    torch.testing.assert_close(axes @ green, torch.tensor([0, 0, 1.5**0.5]))
+    assert torch.allclose((axes @ grey)[1:], torch.zeros(2), atol=1e-6)
+
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    blocks = torch.einsum("cj,bjhw->bchw", axes, torch.nn.functional.avg_pool2d(x, 8))
+    code = torch.cat([blocks, torch.randn(2, 1, 4, 4)], dim=1)  # the 4th channel is free
+    assert vae_training.colour_anchor_loss(code, x, 8) < 1e-6
+    without_green = code.clone()
+    without_green[:, 2] = 0
+    expected = blocks[:, 2].abs().mean() / 3
+    torch.testing.assert_close(vae_training.colour_anchor_loss(without_green, x, 8), expected)

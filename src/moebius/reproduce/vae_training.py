@@ -7,17 +7,34 @@ are kept at 32 and 16 channels, and the 64² mid-block attention (4096 tokens, a
 the encoder's time) is left out. Widening the two deepest levels to 128 and 256 channels
 (10.0 M parameters against 2.6 M, twice the decode time) did not pay in float32: 23.4 dB held
 out after the first stage against 23.4 for these widths, and 23.4 dB after the decoder stage
-(a whole recipe run), where this VAE reached 23.8 in the published run (scripts/vae_probe.py
-and ``moebius reproduce small --scale 0.4``, one seed each, AMD EPYC with AVX-512 BF16; the
-published run on an AVX2 EPYC). Both lose about 1 dB to colour casts along green–magenta (a
-golden dune decoded 26/255 short of green on average): taking each held-out photo's mean
-colour error away lifts them to 24.7 and 24.5 dB (``scripts/vae_probe.py --score DIR``).
+(a whole recipe run), where this VAE had reached 23.8 in a run on an AVX2 EPYC
+(scripts/vae_probe.py and ``moebius reproduce small --scale 0.4``, one seed each, AMD EPYC
+with AVX-512 BF16; both before the colour anchor below).
+
+What held both back was colour, not width: trained on reconstruction alone, the code kept
+brightness and the red–blue axis but next to nothing of green–magenta (a green leaf decoded
+brown, purple cups dark blue; output and input green–magenta correlated 0.0–0.4 on most
+held-out photos), though that axis is the third most useful number per 8×8 block. A linear
+code of 8×8 blocks holding just each block's mean colour (3 numbers) reconstructs the
+held-out photos at 23.7 dB and one with 4 principal components at 25.2 dB
+(``scripts/vae_probe.py --pca 4``), so the short run had not even found what a linear code
+does. Weighting colour in the loss, more steps or hue-rotated crops did not change that; the
+colour anchor does (below).
 
 Loss: L1 + ``gradient_weight`` · L1 between the image gradients (finite differences) at
 three scales, which keeps edges sharp where plain L1 is content to blur them, + a tiny
 β·KL so the posterior stays a near-deterministic, informative code (as in the SD
-autoencoders). No adversarial or perceptual term: the target is reconstruction PSNR and
-both trade PSNR for texture. After training ``scaling_factor`` is set to 1/std of the
+autoencoders), + ``anchor_weight`` · the colour anchor (:func:`colour_anchor_loss`): the first
+three latent channels are held to each 8×8 block's mean colour in an orthonormal
+brightness / red–blue / green–magenta basis, so the code carries every block's colour from
+the first steps and the decoder learns to paint it. In the recipe's first stage it lifted the
+held-out PSNR from 23.4 to 24.0 dB (weight 2; 23.8 at weight 0.5) and the ladybird-on-a-leaf
+photo from 18.4 dB to 26.6; what each photo's mean colour error costs fell to 0.2 dB, where
+the VAE bundled before lost 0.85 dB to it after both stages (``scripts/vae_probe.py
+--variant base={} --decoder-steps 0 --anchor-weight W``, one thread, one seed, AMD EPYC with
+AVX-512 BF16). In the published recipe run (two threads) it gave 23.6 dB after the first
+stage and 24.6 after the decoder stage. No adversarial or perceptual term: the target is reconstruction PSNR and both
+trade PSNR for texture. After training ``scaling_factor`` is set to 1/std of the
 latents, as Stable Diffusion did, so the diffusion models see unit-variance latents.
 
 :func:`finetune_decoder` then trains the decoder alone for squared error (the encoder frozen,
@@ -51,7 +68,9 @@ SMALL_VAE = {
     # the decoder's last one leaves a photo's overall colour to two channels a group: one group
     # reconstructs held-out photos better after the VAE stage (23.71 dB against 23.14) but not
     # after the decoder stage (23.84 against 23.80), and the casts that cost most (green leaves
-    # decoded brown, golden grass red) stay (scripts/vae_norm_probe.py, AMD EPYC, one seed).
+    # decoded brown, golden grass red) stay (scripts/vae_probe.py --variant
+    # 'groups-1={"norm_num_groups": 1}', AMD EPYC, one seed): they were the code's, which the
+    # colour anchor fixes, not GroupNorm's.
     "norm_num_groups": 8,
     "mid_block_add_attention": False,
 }
