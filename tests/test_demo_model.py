@@ -58,8 +58,8 @@ def test_the_demo_fills_a_heldout_photo_about_as_well_as_opencv(fixtures_dir):
     its medium mask), the demo's fill at its own defaults (a refined Telea fill) must score a
     masked PSNR no more than 1 dB below OpenCV Telea's on the same hole (the bundled demo: 0.3
     dB below), and the model painting from pure noise no more than 3 dB below (2.0 dB below
-    here, 2.7 on average over the recipe's held-out cases; the first demo: 8 dB). The hole is blanked first, so neither method sees what was
-    there."""
+    here, 2.7 on average over the recipe's held-out cases; the first demo: 8 dB). The hole is
+    blanked first, so neither method sees what was there."""
     import cv2
 
     from moebius.eval.pixel import psnr

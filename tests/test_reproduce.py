@@ -108,9 +108,9 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     assert [entry["seconds"] for entry in result["invocations"]] == [result["wall_seconds"]]
     assert "2 tasks at a time in separate processes" in report and "evaluation fills" in report
 
-    # The VAE trains in float32 (bfloat16 autocast costs its short run reconstruction); the distilling
-    # teacher's forward runs in bfloat16 only where this CPU computes it natively and measured
-    # faster in it, as converting it would make the training many times slower.
+    # The VAE trains in float32 (bfloat16 autocast costs its short run reconstruction); the
+    # distilling teacher's forward runs in bfloat16 only where this CPU computes it natively and
+    # measured faster in it, as converting it would make the training many times slower.
     bfloat16 = prefers_bfloat16()
     assert json.loads((run_dir / "vae" / "result.json").read_text())["bfloat16"] is False
     for name, teacher_bfloat16 in (("student-kd-seed0", bfloat16), ("student-nokd-seed0", False)):

@@ -33,9 +33,10 @@ photo from 18.4 dB to 26.6; what each photo's mean colour error costs fell to 0.
 the VAE bundled before lost 0.85 dB to it after both stages (``scripts/vae_probe.py
 --variant base={} --decoder-steps 0 --anchor-weight W``, one thread, one seed, AMD EPYC with
 AVX-512 BF16). In the published recipe run (two threads) it gave 23.6 dB after the first
-stage and 24.6 after the decoder stage. No adversarial or perceptual term: the target is reconstruction PSNR and both
-trade PSNR for texture. After training ``scaling_factor`` is set to 1/std of the
-latents, as Stable Diffusion did, so the diffusion models see unit-variance latents.
+stage and 24.6 after the decoder stage. No adversarial or perceptual term: the target is
+reconstruction PSNR and both trade PSNR for texture. After training ``scaling_factor`` is set
+to 1/std of the latents, as Stable Diffusion did, so the diffusion models see unit-variance
+latents.
 
 :func:`finetune_decoder` then trains the decoder alone for squared error (the encoder frozen,
 so the latents do not move); its steps are cheaper than the first stage's, as nothing flows
