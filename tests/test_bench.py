@@ -210,6 +210,12 @@ def test_bench_times_exported_runtimes_side_by_side(tmp_path, tiny_config_path):
     torch_row = next(r for r in report["results"] if r["role"] == "student")
     for row in report["results"]:
         assert row["status"] == "ok" and row["flops"] == torch_row["flops"]
+    # 8-bit integer products: no float roofline bounds them, so no share of it is reported
+    shares = {
+        r["variant"]: r["roofline_fraction"] for r in report["results"] if r["role"] == "edge"
+    }
+    assert shares["onnxruntime float32, int8 dynamic"] is None
+    assert shares["onnxruntime float32"] > 0
     ratios = {r["ratio"] for r in report["ratios"]}
     assert {f"{v}/torch float32" for v in edge} | {f"{v}/fastest torch" for v in edge} <= ratios
     assert {p["label"] for p in report["pipeline"]} == {str(tiny_config_path)} | {

@@ -122,6 +122,7 @@ EXPORTS = {
     "onnx-int8": ("onnx", "float32", "int8"),
     "onnx-int8-dynamic": ("onnx", "float32", "int8-dynamic"),
     "openvino-int8": ("openvino", "float32", "int8"),
+    "openvino-int8-static": ("openvino", "float32", "int8-static"),
     "onnx-float16": ("onnx", "float16", "float"),
 }
 
@@ -214,6 +215,7 @@ WHAT_IS_STORED = {
     "onnx-int8": ("uint8", {"MatMulNBits"}),
     "onnx-int8-dynamic": ("int8", {"DynamicQuantizeLinear", "MatMulInteger"}),
     "openvino-int8": ("u8", set()),
+    "openvino-int8-static": ("i8", set()),
     "onnx-float16": ("float16", set()),
 }
 
@@ -230,7 +232,7 @@ def test_reduced_precision_exports(name, exports, torch_pipe):
     assert stored in _constant_types(directory)
     if fmt == "onnx":
         assert operators <= _operators(directory / "denoiser.onnx")
-    else:  # NNCF also compresses the convolutions: most of this model's weights
+    elif weights == "int8":  # NNCF also compresses the convolutions: most of this model's weights
         assert (directory / "denoiser.bin").stat().st_size < 0.5 * (
             exports["openvino"] / "denoiser.bin"
         ).stat().st_size
@@ -245,6 +247,38 @@ def test_reduced_precision_exports(name, exports, torch_pipe):
     (got,) = pipe.engine.run("denoiser", feeds)
     error = np.abs(got - expected.numpy()).max() / np.abs(expected.numpy()).max()
     assert 0 < error <= 0.01
+
+
+def test_static_int8_quantises_the_weight_products_only(exports):
+    """``int8-static``: activations enter the products with stored weights through calibrated
+    8-bit quantisers; convolutions and the λ products of two activations, where 8 bits cost
+    the most accuracy, stay float; the manifest's byte counts are the quantised graph's (it
+    loads, above)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(exports["openvino-int8-static"] / "denoiser.xml"))
+
+    def quantised(op) -> bool:
+        return any(
+            op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+            for i in range(op.get_input_size())
+        )
+
+    by_type: dict[str, list] = {}
+    for op in model.get_ops():
+        by_type.setdefault(op.get_type_name(), []).append(op)
+
+    def weight_operand(op) -> bool:
+        operand = op.input_value(1).get_node()
+        while operand.get_type_name() in ("Convert", "Multiply", "Subtract", "Transpose"):
+            operand = operand.input_value(0).get_node()
+        return operand.get_type_name() == "Constant"
+
+    quantised_products = [op for op in by_type["MatMul"] if quantised(op)]
+    assert quantised_products and all(weight_operand(op) for op in quantised_products)
+    assert any(not weight_operand(op) for op in by_type["MatMul"])  # λ's, left float
+    convolutions = by_type["Convolution"] + by_type.get("GroupConvolution", [])
+    assert convolutions and not any(quantised(op) for op in convolutions)
 
 
 def test_denoiser_looks_timestep_features_up(onnx_dir, torch_pipe):
@@ -455,6 +489,8 @@ def test_export_refuses_existing_directory_and_teacher(onnx_dir, tmp_path, capsy
     assert "exists" in capsys.readouterr().err
     with pytest.raises(InputError, match="--weights"):
         ExportOptions("openvino", weights="int8-dynamic").validate()
+    with pytest.raises(InputError, match="--weights"):
+        ExportOptions("onnx", weights="int8-static").validate()
 
 
 # ------------------------------------------------------------------ the CLI on the demo model

@@ -375,6 +375,7 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         schedule: NoiseSchedule | None = None,
         default_settings: InpaintSettings | None = None,
     ):
+        from moebius.models.registry import vae_scale_factor
         from moebius.nn.adopt import adopt
 
         self.model = model.eval()
@@ -382,7 +383,7 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         self.schedule = schedule if schedule is not None else NoiseSchedule()
         if default_settings is not None:
             self.default_settings = default_settings.validate()
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = vae_scale_factor(vae)
         self._progress_config = {}
 
     @property

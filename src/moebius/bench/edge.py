@@ -15,14 +15,24 @@ RUNTIMES = ("onnxruntime", "openvino")
 @dataclass(frozen=True)
 class EdgeVariant:
     backend: str  # onnxruntime or openvino
-    weights: str  # float, int8 or int8-dynamic (moebius.export.compress)
+    weights: str  # float, int8, int8-dynamic or int8-static (moebius.export.compress)
     precision: str = "float32"  # the runtime's compute precision
 
     @property
     def label(self) -> str:
         """e.g. ``openvino bfloat16`` or ``onnxruntime float32, int8 weights``."""
-        weights = {"float": "", "int8": ", int8 weights", "int8-dynamic": ", int8 dynamic"}
+        weights = {
+            "float": "",
+            "int8": ", int8 weights",
+            "int8-dynamic": ", int8 dynamic",
+            "int8-static": ", int8 products",
+        }
         return f"{self.backend} {self.precision}{weights[self.weights]}"
+
+    @property
+    def integer_products(self) -> bool:
+        """Its matrix products run in 8-bit integers: no float roofline bounds them."""
+        return self.weights in ("int8-dynamic", "int8-static")
 
     @property
     def format(self) -> str:
@@ -37,6 +47,8 @@ VARIANTS = (
     EdgeVariant("openvino", "float", "bfloat16"),
     EdgeVariant("openvino", "int8"),
     EdgeVariant("openvino", "int8", "bfloat16"),
+    EdgeVariant("openvino", "int8-static"),
+    EdgeVariant("openvino", "int8-static", "bfloat16"),
 )
 
 
@@ -128,6 +140,7 @@ def edge_subjects(
             runtime=item.runtime,
             precision=variant.precision,
             exports=student,
+            integer_products=variant.integer_products,
         )
         for variant, item in loaded.items()
     ]

@@ -167,9 +167,11 @@ def markdown(report: dict) -> str:
             lines.append(f"{head} | {r['params'] / 1e6:.1f}M | | {r.get('status')} | | | |")
             continue
         lat = r["latency"]
+        share = r["roofline_fraction"]
         lines.append(
             f"{head} | {r['params'] / 1e6:.1f}M | {r['flops'] / 1e9:.1f} | {lat['median_ms']:.1f} "
-            f"| {lat['min_ms']:.1f}–{lat['max_ms']:.1f} | {100 * r['roofline_fraction']:.0f} "
+            f"| {lat['min_ms']:.1f}–{lat['max_ms']:.1f} | "
+            f"{'–' if share is None else f'{100 * share:.0f}'} "
             f"| {r['peak_memory_bytes'] / 2**20:.0f} |"
         )
     if report.get("pipeline"):

@@ -227,12 +227,14 @@ class Benchmark:
             row.update(flop_cache[key])
             achieved = row["flops"] / (row["latency"]["median_ms"] / 1000)
             row["achieved_flops_per_s"] = achieved
-            row["roofline_fraction"] = achieved / roofline[dtype_name]
+            # 8-bit products are bounded by the integer units, which the roofline does not time
+            share = None if subject.integer_products else achieved / roofline[dtype_name]
+            row["roofline_fraction"] = share
             row["peak_memory_bytes"] = peak_memory(run, self.device)
             self.log(
                 f"{subject.label:28s} {size[0]}x{size[1]} b{batch} {dtype_name:8s} {mode:7s} "
-                f"{row['latency']['median_ms']:10.1f} ms/step  "
-                f"({100 * row['roofline_fraction']:.0f}% of matmul roofline)"
+                f"{row['latency']['median_ms']:10.1f} ms/step"
+                + ("" if share is None else f"  ({100 * share:.0f}% of matmul roofline)")
             )
         return rows
 

@@ -53,6 +53,7 @@ class Subject:
     runtime: object = None  # an ExportedInpaintPipeline
     precision: str | None = None  # the runtime's compute precision
     exports: "Subject | None" = None  # the PyTorch subject it is an export of
+    integer_products: bool = False  # its matrix products run in 8-bit integers
     _models: dict = field(default_factory=dict, repr=False)
     _steps: dict = field(default_factory=dict, repr=False)
 

@@ -82,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backends",
         default="torch",
         help="torch, onnxruntime, openvino: the exported runtimes run the first student, "
-        "exported once per weight scheme (float, int8, int8-dynamic) and timed in each "
+        "exported once per weight scheme (float, int8, int8-dynamic, int8-static) and timed in each "
         "precision of --dtypes they offer, with the 20-step quality against float32 PyTorch "
         "(default: %(default)s)",
     )

@@ -11,12 +11,20 @@ or float16 storage, float or 8-bit weights.
 * ``int8-dynamic`` (ONNX Runtime): matrix products in 8-bit integer arithmetic, the weights
   quantised per output channel ahead of time and the activations per tensor at run time
   (``DynamicQuantizeLinear`` + ``MatMulInteger``); convolutions stay float.
+* ``int8-static`` (OpenVINO): the matrix products with a stored weight in 8-bit integer
+  arithmetic (VNNI / AMX where the CPU has them), the weights quantised per output channel
+  and the activations per tensor with scales fixed at export, from the statistics of the
+  exported float32 graph's own 20-step inpainting of a synthetic photo (NNCF ``quantize``
+  with SmoothQuant). The rest stays float: 8-bit activations in the 1×1 convolutions, the λ
+  layers' products of two activations or all convolutions too cost the full-size student's
+  inpainting its 40 dB to float32's (:data:`INT8_SCOPES`; the table in docs/edge.md).
 
 Interactive-λ's position tables are learned too, but they are resampled in the graph by
 products with size-dependent matrices, and those products stay float32.
 """
 
 import contextlib
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -96,6 +104,20 @@ def _quiet_root_logger():
         root.handlers[:] = handlers
 
 
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF logs every ignored node at INFO and draws its progress bars and tables on stdout;
+    the export reports each step itself."""
+    log = logging.getLogger("nncf")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def _onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
     if dtype == "float32" and weights == "float":
         shutil.copyfile(source, target)
@@ -141,6 +163,86 @@ def _convert_onnx(source: Path, target: Path, dtype: str, weights: str) -> None:
     onnx.save(model, str(target))
 
 
+# Which operators ``int8-static`` gives 8-bit activations, the scheme's first, then the ones it
+# was chosen against (scripts/int8_scopes.py measures them): the matrix products with a stored
+# weight; those and the 1×1 convolutions (the pointwise projections); every matrix product;
+# everything NNCF quantises by default (depthwise and spatial convolutions too).
+INT8_SCOPES = ("weight-matmuls", "pointwise", "products", "everything")
+
+
+def quantize_activations(
+    reference,
+    directory: Path,
+    source: Path,
+    threads: int | None,
+    scope: str = INT8_SCOPES[0],
+) -> int:
+    """``int8-static``: replace the float32 OpenVINO denoiser in ``directory`` (an export of
+    ``reference``, the PyTorch pipeline; ``source``: the ONNX graph it was converted from) by
+    one whose operators in ``scope`` (:data:`INT8_SCOPES`) run in 8-bit integers, calibrated on
+    its own inpainting at the export's trained size. Returns how many feeds calibrated it."""
+    import nncf
+    import openvino as ov
+
+    from moebius.export.quality import denoiser_inputs, trajectory_start
+    from moebius.export.runtime import ExportedInpaintPipeline
+    from moebius.settings import InpaintSettings
+
+    settings = InpaintSettings(seed=0)
+    exported = ExportedInpaintPipeline.from_exported(directory, threads=threads)
+    start = trajectory_start(reference, (reference.image_size,) * 2, settings)
+    feeds = denoiser_inputs(exported, start, settings)
+    exported.engine.release()
+    model = ov.Core().read_model(str(directory / "denoiser.xml"))
+    names, types = float_products(source), []
+    if scope in ("weight-matmuls", "pointwise"):
+        names += _activation_products(model)
+    if scope in ("weight-matmuls", "products"):
+        types = ["Convolution", "GroupConvolution"]
+    elif scope == "pointwise":
+        names += _spatial_convolutions(model)
+        types = ["GroupConvolution"]
+    keep = nncf.IgnoredScope(names=names, types=types, validate=False)
+    with _quiet_nncf():
+        model = nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            subset_size=len(feeds),
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=keep,
+        )
+    # the float graph's weights are memory-mapped from denoiser.bin: write beside it, then rename
+    ov.save_model(model, str(directory / "denoiser.int8.xml"), compress_to_fp16=False)
+    for suffix in (".xml", ".bin"):
+        (directory / f"denoiser.int8{suffix}").replace(directory / f"denoiser{suffix}")
+    return len(feeds)
+
+
+def _activation_products(model) -> list[str]:
+    """Names of the OpenVINO ``model``'s matrix products whose right operand is computed, not a
+    stored weight: the λ layers' contractions of queries, keys and values."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        operand = op.input_value(1).get_node()
+        while operand.get_type_name() in ("Convert", "Transpose", "Reshape"):
+            operand = operand.input_value(0).get_node()
+        if operand.get_type_name() != "Constant":
+            names.append(op.get_friendly_name())
+    return names
+
+
+def _spatial_convolutions(model) -> list[str]:
+    """Names of the OpenVINO ``model``'s convolutions with kernels larger than 1×1."""
+    return [
+        op.get_friendly_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Convolution"
+        and tuple(op.input_value(1).get_partial_shape().to_shape())[2:] != (1, 1)
+    ]
+
+
 def _openvino(source: Path, target: Path, dtype: str, weights: str) -> None:
     import openvino as ov
 
@@ -149,7 +251,8 @@ def _openvino(source: Path, target: Path, dtype: str, weights: str) -> None:
         import nncf
 
         keep = nncf.IgnoredScope(names=float_products(source), validate=False)
-        model = nncf.compress_weights(
-            model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep
-        )
+        with _quiet_nncf():
+            model = nncf.compress_weights(
+                model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=keep
+            )
     ov.save_model(model, str(target), compress_to_fp16=dtype == "float16")

@@ -27,9 +27,12 @@ from moebius.export.manifest import FORMAT, FORMATS, GRAPHS, MANIFEST_FILE
 from moebius.files import write_json
 
 DTYPES = ("float32", "float16")
-WEIGHTS = ("float", "int8", "int8-dynamic")
+WEIGHTS = ("float", "int8", "int8-dynamic", "int8-static")
 # Which weight compressions each format offers (see moebius.export.compress).
-FORMAT_WEIGHTS = {"onnx": ("float", "int8", "int8-dynamic"), "openvino": ("float", "int8")}
+FORMAT_WEIGHTS = {
+    "onnx": ("float", "int8", "int8-dynamic"),
+    "openvino": ("float", "int8", "int8-static"),
+}
 # A float32 export must match PyTorch to float32 rounding: the largest |Δ| of one noise
 # prediction at the working size, relative to the largest |ε|.
 FLOAT32_TOLERANCE = 1e-4
@@ -211,7 +214,7 @@ def export_loaded(
 ) -> list[dict]:
     """Export a loaded, fused PyTorch pipeline once per target directory (existing ones are
     replaced), tracing it only once; returns the manifests."""
-    from moebius.export.compress import derive
+    from moebius.export.compress import derive, quantize_activations
     from moebius.export.graphs import graph_specs, to_onnx
 
     if pipe.model.config.model_type != "moebius":
@@ -244,11 +247,18 @@ def export_loaded(
             final.mkdir()
             clock = time.perf_counter()
             files = derive(traced, final, options.format, options.dtype, options.weights)
-            convert_s = time.perf_counter() - clock
-            log(f"wrote {options.describe()} graphs in {convert_s:.1f} s")
             size = options.size or (pipe.image_size, pipe.image_size)
             manifest = _manifest(pipe, source, options, size, files)
             write_json(final / MANIFEST_FILE, manifest)
+            if options.weights == "int8-static":  # calibrated on the float graph just written
+                feeds = quantize_activations(
+                    pipe, final, traced / "denoiser.simplified.onnx", threads
+                )
+                log(f"quantised the denoiser's weight products on {feeds} calibration feeds")
+                manifest = _manifest(pipe, source, options, size, files)
+                write_json(final / MANIFEST_FILE, manifest)
+            convert_s = time.perf_counter() - clock
+            log(f"wrote {options.describe()} graphs in {convert_s:.1f} s")
             clock = time.perf_counter()
             manifest["check"] = _check(pipe, final, options, size, threads, log)
             # seconds: tracing is shared by all targets of one call

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from moebius.export.manifest import CATEGORIES
+from moebius.models.registry import vae_scale_factor
 from moebius.nn.fusion import set_export
 
 OPSET = 18
@@ -86,7 +87,7 @@ def graph_specs(
     smallest square side the model takes, twice ``pixel_multiple`` pixels: the graphs keep
     both dynamic, so the size only sets how long tracing takes."""
     height = width = 2 * pixel_multiple
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
     latent = (height // factor, width // factor)
     channels = vae.config.latent_channels
     dtype = next(model.parameters()).dtype

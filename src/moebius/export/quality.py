@@ -64,6 +64,46 @@ def _trajectory(pipe, start: dict[str, np.ndarray], settings: InpaintSettings):
     return steps, image
 
 
+def trajectory_start(reference, size: tuple[int, int], settings: InpaintSettings) -> dict:
+    """The inputs of one inpainting of :func:`test_photo` at ``size`` (width, height), encoded
+    by ``reference`` (the PyTorch pipeline), with fixed noise: latent mask, masked latents,
+    starting noise, as NumPy arrays any backend takes."""
+    import torch
+
+    region = prepare(*test_photo(size), settings, min(size), reference.pixel_multiple)
+    pixels, holes = region.model_inputs()
+    with reference._inference():
+        masked = reference._encode(pixels * (1 - holes), [torch.Generator().manual_seed(0)])
+    factor = reference.vae_scale_factor
+    masked = _numpy(masked)
+    return {
+        "latent_mask": np.ascontiguousarray(holes[:, :, ::factor, ::factor]),
+        "masked_latents": masked,
+        "noise": np.random.default_rng(0).standard_normal(masked.shape, dtype=np.float32),
+    }
+
+
+def denoiser_inputs(
+    pipe: ExportedInpaintPipeline, start: dict[str, np.ndarray], settings: InpaintSettings
+) -> list[dict[str, np.ndarray]]:
+    """What ``pipe``'s denoiser graph is fed along one trajectory from ``start``: one feed
+    dictionary per step (both guidance branches in one batch)."""
+    feeds = []
+    run = pipe.engine.run
+
+    def recording(graph: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if graph == "denoiser":
+            feeds.append({name: value.copy() for name, value in inputs.items()})
+        return run(graph, inputs)
+
+    pipe.engine.run = recording
+    try:
+        _trajectory(pipe, start, settings)
+    finally:
+        del pipe.engine.run  # the class's method again
+    return feeds
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
@@ -74,20 +114,8 @@ def trajectory_quality(
 ) -> dict:
     """``candidates`` (label → pipeline of any backend) against ``reference`` (the float32
     PyTorch pipeline) on one inpainting at ``size`` (width, height)."""
-    import torch
-
     settings = InpaintSettings(steps=steps, seed=0)
-    region = prepare(*test_photo(size), settings, min(size), reference.pixel_multiple)
-    pixels, holes = region.model_inputs()
-    with reference._inference():
-        masked = reference._encode(pixels * (1 - holes), [torch.Generator().manual_seed(0)])
-    factor = reference.vae_scale_factor
-    masked = _numpy(masked)
-    start = {
-        "latent_mask": np.ascontiguousarray(holes[:, :, ::factor, ::factor]),
-        "masked_latents": masked,
-        "noise": np.random.default_rng(0).standard_normal(masked.shape, dtype=np.float32),
-    }
+    start = trajectory_start(reference, size, settings)
     clock = time.perf_counter()
     expected_steps, expected = _trajectory(reference, start, settings)
     rows = [{"label": "reference", "seconds": time.perf_counter() - clock}]
@@ -164,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--weights",
-        default="float,int8,int8-dynamic",
+        default="float,int8,int8-dynamic,int8-static",
         help="weight schemes to compare (moebius export --weights)",
     )
     args = parser.parse_args(argv)

@@ -17,6 +17,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # the released pipelines' VAE (SDXL's AutoencoderKL config), for benchmarks on random weights
 SDXL_VAE_CONFIG = CONFIG_DIR / "sdxl_vae_config.json"
 
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell along each side: an ``AutoencoderKL`` halves the map between
+    every two of its levels (8 for SD's and SDXL's four)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 # model_type -> (module, config class, network class)
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "moebius": ("moebius.models.moebius_unet", "MoebiusConfig", "MoebiusUNet"),

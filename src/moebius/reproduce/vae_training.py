@@ -55,6 +55,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from moebius.files import atomic_write
+from moebius.models.registry import vae_scale_factor
 from moebius.train.data import random_crop
 
 SMALL_VAE = {
@@ -202,7 +203,7 @@ def train_vae(
     torch.manual_seed(seed)
     vae = AutoencoderKL(**(config or SMALL_VAE))
     _initialise_for_a_short_run(vae)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
 
     def losses(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
