@@ -58,9 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="float",
         choices=WEIGHTS,
         help="int8: 8-bit weights, float arithmetic (both formats); int8-dynamic: 8-bit "
-        "matrix products with activations quantised at run time (onnx); int8-static: 8-bit "
-        "matrix products with activation scales calibrated at export on the model's own "
-        "inpainting, convolutions float (openvino; a minute or more) (default: %(default)s)",
+        "matrix products with activations quantised at run time (onnx); int8-static: the "
+        "products with a stored weight in 8-bit arithmetic, activation scales calibrated at "
+        "export on the model's own inpainting, convolutions and the λ layers' products of two "
+        "activations float (openvino; a minute or more) (default: %(default)s)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all)")
