@@ -25,7 +25,7 @@ import torch
 
 from moebius.export.compress import INT8_SCOPES, quantize_activations
 from moebius.export.exporter import ExportOptions, export_loaded, load_for_export
-from moebius.export.manifest import MANIFEST_FILE
+from moebius.export.manifest import MANIFEST_FILE, graph_bytes
 from moebius.export.quality import trajectory_quality
 from moebius.export.runtime import ExportedInpaintPipeline
 from moebius.files import write_json
@@ -47,9 +47,7 @@ def record_denoiser_bytes(directory: Path) -> None:
     """The quantised denoiser replaced the float one: the manifest's byte counts follow."""
     path = directory / MANIFEST_FILE
     manifest = json.loads(path.read_text())
-    for suffix in (".xml", ".bin"):
-        size = (directory / f"denoiser{suffix}").stat().st_size
-        manifest["graphs"]["denoiser"]["bytes"][suffix] = size
+    manifest["graphs"]["denoiser"]["bytes"] = graph_bytes(directory / "denoiser.xml", "openvino")
     write_json(path, manifest)
 
 

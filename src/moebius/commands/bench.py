@@ -82,8 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backends",
         default="torch",
         help="torch, onnxruntime, openvino: the exported runtimes run the first student, "
-        "exported once per weight scheme (float, int8, int8-dynamic, int8-static) and timed in each "
-        "precision of --dtypes they offer, with the 20-step quality against float32 PyTorch "
+        "exported once per weight scheme (float, int8, int8-dynamic, int8-static) and timed in "
+        "each precision of --dtypes they offer, with the 20-step quality against float32 PyTorch "
         "(default: %(default)s)",
     )
     parser.add_argument(

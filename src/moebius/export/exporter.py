@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from moebius.errors import InputError, MoebiusError
-from moebius.export.manifest import FORMAT, FORMATS, GRAPHS, MANIFEST_FILE
+from moebius.export.manifest import FORMAT, FORMATS, GRAPHS, MANIFEST_FILE, graph_bytes
 from moebius.files import write_json
 
 DTYPES = ("float32", "float16")
@@ -319,10 +319,7 @@ def _manifest(pipe, source: dict, options: ExportOptions, size, files: dict[str,
         "graphs": {
             graph: {
                 "file": files[graph].name,
-                "bytes": {
-                    suffix: files[graph].with_suffix(suffix).stat().st_size
-                    for suffix in FORMATS[options.format]
-                },
+                "bytes": graph_bytes(files[graph], options.format),
             }
             for graph in GRAPHS
         },

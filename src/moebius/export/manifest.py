@@ -86,6 +86,12 @@ class ExportManifest:
         return self.document["export"]
 
 
+def graph_bytes(main_file: Path, fmt: str) -> dict[str, int]:
+    """The sizes of one graph's files (``.onnx``, or ``.xml`` and ``.bin``), suffix → bytes:
+    what a manifest records and :func:`read_manifest` checks."""
+    return {suffix: main_file.with_suffix(suffix).stat().st_size for suffix in FORMATS[fmt]}
+
+
 def read_manifest(directory: str | Path) -> ExportManifest:
     """The manifest of an export directory, checked: format, graph files present and of the
     recorded sizes (a half-copied or mixed-up directory fails here, in one line)."""
