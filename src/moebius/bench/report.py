@@ -292,9 +292,9 @@ def plot(report: dict, path: Path) -> None:
     machine = report["machine"]
     ax.set_title(f"moebius bench — {machine.get('gpu') or describe_cpu(machine)}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    # beside the axes: with the exported runtimes there are enough lines to hide points
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 
 
