@@ -310,13 +310,15 @@ def test_a_cached_choice_is_used_without_timing(tuning, engine):
     [
         "{not json",
         '{"schema": "other"}',
-        '{"schema": "moebius-engines/3", "choices": {"k": {"engine": "gone"}}}',
+        '{"schema": "moebius-engines/4", "choices": {"k": {"engine": "gone"}}}',
         "",
-        # the formats before products were timed on their own row count, and before banded
-        # window contractions were a candidate
+        # the formats before products were timed on their own row count, before banded window
+        # contractions were a candidate, and before the native one was
         '{"schema": "moebius-engines/1", "choices": {"linear float32 512x256x128": '
         '{"engine": "onednn-packed", "ms": {}}}}',
         '{"schema": "moebius-engines/2", "choices": {"linear float32 512x256x128": '
+        '{"engine": "onednn-packed", "ms": {}}}}',
+        '{"schema": "moebius-engines/3", "choices": {"linear float32 512x256x128": '
         '{"engine": "onednn-packed", "ms": {}}}}',
     ],
 )

@@ -350,6 +350,11 @@ def _engine_lines(engines: dict | None) -> list[str]:
         "",
         f"## Engines chosen on this machine ({engines['mode']}; cache {engines['cache']})",
         "",
+        *(
+            [f"Moebius's native kernels: {engines['native_kernels']}.", ""]
+            if "native_kernels" in engines
+            else []
+        ),
         "| operation | engine | shapes |",
         "|---|---|---|",
     ]

@@ -46,11 +46,12 @@ from moebius.nn.kernels import (
     Product,
     WindowContraction,
 )
+from moebius.nn.native import native_status
 
 MODE_ENV = "MOEBIUS_ENGINES"
 CACHE_ENV = "MOEBIUS_ENGINE_CACHE"
-# /1 timed products on at most 2048 rows; /2 knew no banded window contraction
-SCHEMA = "moebius-engines/3"
+# /1 timed products on at most 2048 rows; /2 knew no banded window contraction; /3 no native one
+SCHEMA = "moebius-engines/4"
 DEFAULT = "aten"
 # Below this many FLOPs a kernel's choice is lost in call overheads and timing noise.
 TUNE_MIN_FLOPS = 1 << 24
@@ -182,6 +183,7 @@ def report() -> dict:
         "mode": mode(),
         "cache": str(current.path),
         "tuning_seconds": round(current.tuning_seconds, 3),
+        "native_kernels": native_status(),
         "choices": {key: entry["engine"] for key, entry in sorted(current.choices.items())},
     }
 

@@ -16,6 +16,10 @@ Convolutions of channels-last maps (k×k, depthwise or dense): ``aten`` (``F.con
 (oneDNN's convolution called directly, no layout decision), ``onednn-packed`` (on a weight
 re-laid-out once) and ``aten-nchw`` (``F.conv2d`` on a channels-first copy, converted back).
 
+Local-λ's window contraction: three formulations in PyTorch's products (strided, unfolded,
+banded) and ``native-windows``, Moebius's own C++ kernel, compiled for the CPU on first use
+(:mod:`moebius.nn.native`); where it cannot be built it is never chosen.
+
 The packed engines call PyTorch's ``torch.ops.mkldnn`` / ``torch.ops.mkl`` operators (the ones
 ``torch.compile`` emits on CPU); builds without them simply never pick those engines. A
 product may carry an epilogue, ``activation(x @ Wᵀ + b) + residual``, which engines that can
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from moebius.nn.gla import gla_chunked
+from moebius.nn.native import native
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -343,10 +348,19 @@ def _banded_windows(c: WindowContraction) -> torch.Tensor:
     return c.y
 
 
+def _native_windows(c: WindowContraction) -> torch.Tensor:
+    """Moebius's C++ kernel (:mod:`moebius.nn.native`): per block of positions, the taps from
+    one product, then each position's window sum with its heads' outputs held in registers,
+    without the thousands of small products. Raises where the kernel could not be built."""
+    native().window_contraction(c.q, c.bank.contiguous(), c.values, c.y, c.wide, c.r)
+    return c.y
+
+
 WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
     "strided-windows": _strided_windows,
     "unfolded-windows": _unfolded_windows,
     "banded-windows": _banded_windows,
+    "native-windows": _native_windows,
 }
 
 
