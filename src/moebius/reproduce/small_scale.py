@@ -98,8 +98,8 @@ class RecipeConfig:
     train_size: int = 256  # diffusion training crop (latent 32²)
     short_side: list[int] = field(default_factory=lambda: [256, 768])  # crop zoom range
     cache_variants: int = 64  # crops + masks cached per training photo
-    teacher_steps: int = 3000
-    student_steps: int = 2000
+    teacher_steps: int = 6000
+    student_steps: int = 4000
     batch_size: int = 8
     lr: float = 1e-3  # the teacher's
     # The Moebius student needs a larger step from scratch: its conv_in/conv_out are depthwise
