@@ -122,7 +122,7 @@ class RecipeConfig:
     docs: str | None = "docs"  # where the report goes; None = only under ``out``
     bundle: str | None = None  # write the KD student (first seed) + VAE as a pipeline here
     # the bundled demo's own defaults: at this scale the students paint mottled texture from
-    # noise (about 3 dB below Telea inside the hole), so the demo starts from Telea's fill
+    # noise (about 2 dB below Telea inside the hole), so the demo starts from Telea's fill
     # noised to t = 250 and runs the last 5 of 20 DDIM steps, one branch (no guidance); and only
     # what the denoiser changed is decoded onto Telea's fill, so the small VAE's own
     # reconstruction error (24.6 dB held out; 18 dB on golden grass before the colour anchor)
