@@ -115,3 +115,18 @@ def test_tuning_times_the_native_kernel_beside_the_others(tmp_path, monkeypatch)
         engines.window_contraction(c)
     (entry,) = [e for key, e in engines.table().choices.items() if key.startswith("window")]
     assert set(entry["ms"]) == set(WINDOW_ENGINES)
+
+
+def test_a_report_records_the_kernels_without_building_them():
+    """bench.json says whether the kernels were built; asking must not build them (in a fresh
+    process: a build is looked for once per process)."""
+    script = """
+from moebius.nn import engines, native
+print(engines.report()["native_kernels"])
+native.native()
+print(engines.report()["native_kernels"])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[:2] == ["not used", "built"]

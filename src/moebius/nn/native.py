@@ -76,5 +76,9 @@ def native() -> Any:
 
 
 def native_status() -> str:
-    """``built``, or why the kernels are unavailable here (what reports record)."""
-    return "built" if _build()[0] is not None else f"unavailable: {_build()[1]}"
+    """What reports record: ``built``, why the kernels are unavailable here, or ``not used``
+    when nothing in this process asked for them (a report never builds them itself)."""
+    if _build.cache_info().currsize == 0:
+        return "not used"
+    operators, reason = _build()
+    return "built" if operators is not None else f"unavailable: {reason}"
