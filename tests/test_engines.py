@@ -23,9 +23,13 @@ from moebius.nn.engines import CACHE_ENV, MODE_ENV, Linear, conv2d, linear
 from moebius.nn.gla import gla_recurrent
 from moebius.nn.kernels import (
     CONV_ENGINES,
+    GATED_DEPTHWISE_ENGINES,
     GLA_ENGINES,
+    GROUP_NORM_ENGINES,
     LINEAR_ENGINES,
     WINDOW_ENGINES,
+    GatedDepthwise,
+    GroupNormCall,
     LinearAttention,
     WindowContraction,
 )
@@ -88,6 +92,23 @@ def test_a_packed_weight_follows_in_place_changes():
         with torch.no_grad():
             weight.mul_(2)  # as loading or folding weights does
         torch.testing.assert_close(linear(x, weight), 2 * before)
+
+
+def test_a_packed_weight_follows_a_conversion_to_another_dtype():
+    """``module.to(dtype)`` swaps each parameter's data but keeps the Parameter and its
+    version: what was packed from the old data must not be reused (the VAE's up-sampling
+    phases, made from its convolutions, failed after bfloat16 → float32)."""
+    vae = adopt(tiny_vae(seed=3))
+    latent = torch.randn(1, 4, 6, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        vae.decode(latent)
+        vae.to(torch.bfloat16)
+        vae.decode(latent.bfloat16())
+        vae.to(torch.float32)
+        got = vae.decode(latent).sample
+        expected = copy.deepcopy(vae).decode(latent).sample  # new parameters: nothing cached
+    assert got.dtype == torch.float32
+    _close(got, expected, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -154,6 +175,51 @@ def test_every_window_engine_computes_the_local_window_sum(engine, height):
     _close(got, expected, torch.float32)
 
 
+@pytest.mark.parametrize("engine", list(GATED_DEPTHWISE_ENGINES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_gated_depthwise_engine_computes_mixffns_middle(engine, dtype):
+    """value · silu(gate) of the depthwise 3×3 conv's two halves, against the conv module on a
+    channels-first map in float64."""
+    b, height, width, half = 2, 5, 7, 19  # 19 channels: a whole vector of 16 and 3 lanes
+    generator = torch.Generator().manual_seed(8)
+    conv = torch.nn.Conv2d(2 * half, 2 * half, 3, padding=1, groups=2 * half)
+    with torch.no_grad():
+        for parameter in conv.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    h = torch.randn(b, height * width, 2 * half, generator=generator).to(dtype)
+    conv = conv.to(dtype)
+    grid = h.transpose(1, 2).reshape(b, 2 * half, height, width)
+    d = copy.deepcopy(conv).double()(grid.double())
+    value, gate = d.flatten(2).transpose(1, 2).chunk(2, dim=-1)
+    expected = value * F.silu(gate)
+    with torch.inference_mode():
+        got = GATED_DEPTHWISE_ENGINES[engine](GatedDepthwise(h, conv, (height, width)))
+    assert got.shape == (b, height * width, half) and got.dtype == dtype
+    assert got.is_contiguous()
+    _close(got, expected.to(dtype), dtype)
+
+
+@pytest.mark.parametrize("engine", list(GROUP_NORM_ENGINES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_every_group_norm_engine_is_exact_with_large_offsets(engine, dtype, activation):
+    """Against the module in float64 on a map whose groups sit far from zero (where a one-pass
+    E[x²] − E[x]² variance loses its digits), channels of 16 + 4 lanes."""
+    generator = torch.Generator().manual_seed(9)
+    norm = torch.nn.GroupNorm(4, 40)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(40, generator=generator))
+        norm.bias.copy_(torch.randn(40, generator=generator))
+    x = torch.randn(2, 40, 5, 7, generator=generator) + 300.0
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    expected = copy.deepcopy(norm).double()(x.double())
+    expected = expected if activation is None else F.silu(expected)
+    with torch.inference_mode():
+        got = GROUP_NORM_ENGINES[engine](GroupNormCall(x, norm.to(dtype), activation))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, expected.to(dtype), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_every_engine_gives_the_student_the_same_output(fused_student, dtype):
     model = copy.deepcopy(fused_student).to(dtype)
@@ -161,7 +227,14 @@ def test_every_engine_gives_the_student_the_same_output(fused_student, dtype):
     ids = torch.cat([category_ids("foreground", 1), category_ids("background", 1)])
     outputs = {}
     with torch.inference_mode():
-        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES):
+        for engine in (
+            "aten",
+            *LINEAR_ENGINES,
+            *CONV_ENGINES,
+            *WINDOW_ENGINES,
+            *GATED_DEPTHWISE_ENGINES,
+            *GROUP_NORM_ENGINES,
+        ):
             with engines.use(engine):
                 outputs[engine] = model(x, torch.tensor([500]), ids).sample.float()
     reference = outputs.pop("aten")
@@ -215,6 +288,8 @@ def test_the_gla_chunk_size_is_tuned_cached_and_used_where_no_gradient_flows(tun
     assert key == "gla float32 2x4x1024 k8 v16"
     assert set(entry["ms"]) == set(GLA_ENGINES)
     assert entry["engine"] == min(entry["ms"], key=entry["ms"].get)
+    # A new process reads the choice back from the file instead of timing again.
+    assert engines.EngineTable(engines.cache_path()).engine(key, GLA_ENGINES) == entry["engine"]
     # Training keeps the default chunks: the backward pass was not timed.
     trained = _linear_attention(requires_grad=True)
     engines.retune()
@@ -233,7 +308,7 @@ def test_every_engine_gives_the_vae_the_same_output():
     with torch.inference_mode():
         expected = plain.decode(plain.encode(image).latent_dist.mean).sample
         fast = image.contiguous(memory_format=torch.channels_last)
-        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES):
+        for engine in ("aten", *LINEAR_ENGINES, *CONV_ENGINES, *GROUP_NORM_ENGINES):
             with engines.use(engine):
                 latent = adopted.encode(fast).latent_dist.mean
                 got = adopted.decode(latent.contiguous(memory_format=torch.channels_last))
@@ -310,15 +385,18 @@ def test_a_cached_choice_is_used_without_timing(tuning, engine):
     [
         "{not json",
         '{"schema": "other"}',
-        '{"schema": "moebius-engines/4", "choices": {"k": {"engine": "gone"}}}',
+        '{"schema": "moebius-engines/5", "choices": {"k": {"engine": "gone"}}}',
         "",
         # the formats before products were timed on their own row count, before banded window
-        # contractions were a candidate, and before the native one was
+        # contractions were a candidate, before the native one was, and before the native
+        # gated depthwise was
         '{"schema": "moebius-engines/1", "choices": {"linear float32 512x256x128": '
         '{"engine": "onednn-packed", "ms": {}}}}',
         '{"schema": "moebius-engines/2", "choices": {"linear float32 512x256x128": '
         '{"engine": "onednn-packed", "ms": {}}}}',
         '{"schema": "moebius-engines/3", "choices": {"linear float32 512x256x128": '
+        '{"engine": "onednn-packed", "ms": {}}}}',
+        '{"schema": "moebius-engines/4", "choices": {"linear float32 512x256x128": '
         '{"engine": "onednn-packed", "ms": {}}}}',
     ],
 )

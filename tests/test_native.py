@@ -1,9 +1,13 @@
-"""moebius.nn.native: the C++ window kernel builds where a compiler exists, computes Local-λ's
-window sum in every code path (the AVX-512 float32 and AVX-512 BF16 register kernels for 8
-heads, whole and partial 16-lane vectors, odd and even windows; plain loops otherwise), and is
-never chosen where it cannot be built."""
+"""moebius.nn.native: the C++ kernels build where a compiler exists; the window kernel computes
+Local-λ's window sum in every code path (the AVX-512 float32 and AVX-512 BF16 register kernels
+for 8 heads, whole and partial 16-lane vectors, odd and even windows; plain loops otherwise),
+the gated depthwise kernel MixFFN's middle at every map edge, the group norm the module's
+result with exact statistics, in the AVX-512 code and in the portable loops of a build without
+it; none is chosen where it cannot be built."""
 
+import copy
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -62,6 +66,129 @@ def test_the_native_kernel_refuses_windows_past_the_values():
     values, y = torch.zeros(1, 20, 4), torch.zeros(1, 20, 8, 4)
     with pytest.raises(RuntimeError, match="reach past the value rows"):
         native_module.native().window_contraction(q, bank, values, y, 10, 3)
+
+
+def _gated_depthwise(h, weight, bias, height, width):
+    """value · silu(gate) of the depthwise 3×3 conv's halves, in float64 from the same inputs."""
+    b, n, channels = h.shape
+    grid = h.double().transpose(1, 2).reshape(b, channels, height, width)
+    d = torch.nn.functional.conv2d(grid, weight.double(), bias.double(), padding=1, groups=channels)
+    value, gate = d.flatten(2).transpose(1, 2).chunk(2, dim=-1)
+    return value * torch.nn.functional.silu(gate)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    ("height", "width", "half"),
+    [
+        (9, 20, 40),  # two whole vectors and 8 lanes; rows longer than the prefetch distance
+        (4, 3, 16),  # one whole vector
+        (1, 1, 5),  # one pixel: every neighbour is padding
+        (1, 6, 3),  # one row
+        (7, 1, 70),  # one column; past one 64-channel block
+    ],
+)
+def test_the_native_kernel_computes_the_gated_depthwise(dtype, height, width, half):
+    generator = torch.Generator().manual_seed(12)
+    h = torch.randn(2, height * width, 2 * half, generator=generator).to(dtype)
+    weight = torch.randn(2 * half, 1, 3, 3, generator=generator).to(dtype)
+    bias = torch.randn(2 * half, generator=generator).to(dtype)
+    expected = _gated_depthwise(h, weight, bias, height, width)
+    got = native_module.native().gated_depthwise(h, weight, bias, height, width)
+    assert got.shape == expected.shape and got.dtype == dtype
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    assert error <= (1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_gated_depthwise_kernel_refuses_mismatched_shapes():
+    h = torch.zeros(1, 12, 8)
+    weight, bias = torch.zeros(8, 1, 3, 3), torch.zeros(8)
+    with pytest.raises(RuntimeError, match="height\\*width positions"):
+        native_module.native().gated_depthwise(h, weight, bias, 5, 3)
+    with pytest.raises(RuntimeError, match="depthwise 3x3 weight"):
+        native_module.native().gated_depthwise(h, torch.zeros(8, 1, 5, 5), bias, 4, 3)
+    with pytest.raises(RuntimeError, match="bias of 2C"):
+        native_module.native().gated_depthwise(h, weight, torch.zeros(4), 4, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("silu", [False, True])
+def test_the_native_group_norm_matches_the_module(dtype, silu):
+    """Groups of 20 channels (a whole vector and 4 lanes), more pixels than one statistics chunk
+    (so several threads' partial sums meet), a mean of 50 against a spread of 2."""
+    generator = torch.Generator().manual_seed(13)
+    norm = torch.nn.GroupNorm(3, 60, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(60, generator=generator))
+        norm.bias.copy_(torch.randn(60, generator=generator))
+    x = 2 * torch.randn(2, 60, 23, 29, generator=generator) + 50
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    expected = copy.deepcopy(norm).double()(x.double())
+    expected = torch.nn.functional.silu(expected) if silu else expected
+    got = native_module.native().group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    assert error <= (1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_native_group_norm_refuses_what_it_cannot_normalise():
+    weight, bias = torch.ones(6), torch.zeros(6)
+    x = torch.randn(1, 6, 4, 4).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="channels-last map"):
+        native_module.native().group_norm(x.contiguous(), weight, bias, 3, 1e-5, False)
+    with pytest.raises(RuntimeError, match="split into the groups"):
+        native_module.native().group_norm(x, weight, bias, 4, 1e-5, False)
+    with pytest.raises(RuntimeError, match="per channel"):
+        native_module.native().group_norm(x, torch.ones(3), bias, 3, 1e-5, False)
+
+
+# A fresh process builds the kernels without AVX-512 (x86-64-v3: AVX2 and FMA) and checks the
+# portable loops the way the tests above check the vector code.
+PORTABLE_BUILD = """
+import copy, sys, torch
+import torch.nn.functional as F
+from torch.utils import cpp_extension
+from moebius.nn.native import SOURCES
+cpp_extension.load(name="moebius_portable_check", sources=[str(s) for s in SOURCES],
+                   extra_cflags=["-O2", "-march=x86-64-v3", "-fopenmp"],
+                   extra_ldflags=["-fopenmp"], is_python_module=False)
+ops = torch.ops.moebius
+generator = torch.Generator().manual_seed(1)
+def randn(*shape):
+    return torch.randn(*shape, generator=generator)
+worst = {}
+for dtype in (torch.float32, torch.bfloat16):
+    for height, width, half in [(9, 20, 40), (1, 1, 5), (7, 1, 70)]:
+        h, w, b = randn(2, height * width, 2 * half), randn(2 * half, 1, 3, 3), randn(2 * half)
+        h, w, b = h.to(dtype), w.to(dtype), b.to(dtype)
+        grid = h.double().transpose(1, 2).reshape(2, 2 * half, height, width)
+        d = F.conv2d(grid, w.double(), b.double(), padding=1, groups=2 * half)
+        value, gate = d.flatten(2).transpose(1, 2).chunk(2, -1)
+        expected = value * F.silu(gate)
+        got = ops.gated_depthwise(h, w, b, height, width).double()
+        worst[dtype] = max(worst.get(dtype, 0), ((got - expected).abs().max() / expected.abs().max()).item())
+    norm = torch.nn.GroupNorm(3, 60)
+    with torch.no_grad():
+        norm.weight.copy_(randn(60)), norm.bias.copy_(randn(60))
+    x = (2 * randn(2, 60, 23, 29) + 50).to(dtype).contiguous(memory_format=torch.channels_last)
+    for silu in (False, True):
+        expected = copy.deepcopy(norm).double()(x.double())
+        expected = F.silu(expected) if silu else expected
+        got = ops.group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu).double()
+        worst[dtype] = max(worst[dtype], ((got - expected).abs().max() / expected.abs().max()).item())
+print(worst[torch.float32], worst[torch.bfloat16])
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 build flag")
+def test_the_portable_loops_compute_what_the_vector_code_does(tmp_path):
+    env = os.environ | {"TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", PORTABLE_BUILD], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    float32, bfloat16 = map(float, done.stdout.split())
+    assert float32 <= 1e-6 and bfloat16 <= 1e-2
 
 
 def test_the_build_is_named_for_this_cpu_and_torch():

@@ -37,11 +37,15 @@ from moebius.files import write_json
 from moebius.nn.kernels import (
     ACTIVATIONS,
     CONV_ENGINES,
+    GATED_DEPTHWISE_ENGINES,
     GLA_CHUNK_SIZES,
     GLA_ENGINES,
+    GROUP_NORM_ENGINES,
     LINEAR_ENGINES,
     WINDOW_ENGINES,
     Convolution,
+    GatedDepthwise,
+    GroupNormCall,
     LinearAttention,
     Product,
     WindowContraction,
@@ -50,11 +54,14 @@ from moebius.nn.native import native_status
 
 MODE_ENV = "MOEBIUS_ENGINES"
 CACHE_ENV = "MOEBIUS_ENGINE_CACHE"
-# /1 timed products on at most 2048 rows; /2 knew no banded window contraction; /3 no native one
-SCHEMA = "moebius-engines/4"
+# /1 timed products on at most 2048 rows; /2 knew no banded window contraction; /3 no native
+# one; /4 no native gated depthwise or group norm
+SCHEMA = "moebius-engines/5"
 DEFAULT = "aten"
 # Below this many FLOPs a kernel's choice is lost in call overheads and timing noise.
 TUNE_MIN_FLOPS = 1 << 24
+# The same for the memory-bound calls (group norms, gated depthwise), in elements read.
+TUNE_MIN_ELEMENTS = 1 << 18
 # Products are timed on their own row count up to this many rows. Each kernel's speed per row
 # still changes past 2048 rows, once operands leave the caches: on a 2-core AVX2-only AMD EPYC,
 # choices timed on at most 2048 rows made the student's batch-2 step at 512 px (8192 rows a
@@ -72,6 +79,16 @@ TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
 SPEEDUP_PRODUCT = (2048, 640, 1600)
 BFLOAT16_MIN_SPEEDUP = 1.25
 
+# Every engine name, of every kind of call: what a cache entry or MOEBIUS_ENGINES may name.
+ENGINE_NAMES = (
+    *LINEAR_ENGINES,
+    *CONV_ENGINES,
+    *WINDOW_ENGINES,
+    *GATED_DEPTHWISE_ENGINES,
+    *GROUP_NORM_ENGINES,
+    *GLA_ENGINES,
+)
+
 _override = threading.local()
 
 
@@ -85,7 +102,7 @@ def mode() -> str:
 def use(name: str) -> Iterator[None]:
     """Run the block (in this thread) with engine ``name`` wherever it applies (``aten``: PyTorch's
     own kernels; ``tune``: the tuned choice)."""
-    if name not in ("tune", *LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES, *GLA_ENGINES):
+    if name not in ("tune", *ENGINE_NAMES):
         raise ValueError(f"unknown engine {name!r}")
     previous = getattr(_override, "mode", None)
     _override.mode = name
@@ -130,7 +147,7 @@ class EngineTable:
                 for key, entry in choices.items()
                 if isinstance(key, str)
                 and isinstance(entry, dict)
-                and entry.get("engine") in (*LINEAR_ENGINES, *CONV_ENGINES, *WINDOW_ENGINES)
+                and entry.get("engine") in ENGINE_NAMES
             }
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             self.choices = {}  # absent or corrupt: tuned again, the file rewritten
@@ -442,6 +459,59 @@ def window_contraction(c: WindowContraction) -> torch.Tensor:
 
     name = _choose(key, dtype, WINDOW_ENGINES, calls)
     return _run(WINDOW_ENGINES, name, c)
+
+
+# ---------------------------------------------------------------------- MixFFN's gated depthwise
+def gated_depthwise(h: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
+    """``value · silu(gate)`` of the depthwise 3×3 ``conv`` of (b, height·width, 2C) tokens
+    ``h`` (see :class:`moebius.nn.kernels.GatedDepthwise`), on the formulation fastest here
+    for its shape and dtype; returns (b, height·width, C) tokens."""
+    call = GatedDepthwise(h, conv, size, depthwise=lambda grid: conv2d(grid, conv))
+    default = next(iter(GATED_DEPTHWISE_ENGINES))
+    small = h.numel() < TUNE_MIN_ELEMENTS and mode() == "tune"
+    if small or not _eligible(h, conv.weight) or not h.is_contiguous():
+        return GATED_DEPTHWISE_ENGINES[default](call)
+    b, n, channels = h.shape
+    key = f"gated-depthwise {str(h.dtype).removeprefix('torch.')} {b}x{n}x{channels} {size[1]}"
+
+    def calls() -> dict[str, Callable[[], torch.Tensor]]:
+        sample = dataclasses.replace(call, h=_random_like(h.shape, h.dtype))
+        return {
+            name: (lambda run=run: run(sample)) for name, run in GATED_DEPTHWISE_ENGINES.items()
+        }
+
+    name = _choose(key, h.dtype, GATED_DEPTHWISE_ENGINES, calls)
+    return _run(GATED_DEPTHWISE_ENGINES, name, call)
+
+
+# ---------------------------------------------------------------------- group norms
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = None) -> torch.Tensor:
+    """``activation(norm(x))`` for a channels-last map ``x`` (see
+    :class:`moebius.nn.kernels.GroupNormCall`), on the formulation fastest here."""
+    call = GroupNormCall(x, norm, activation)
+    default = next(iter(GROUP_NORM_ENGINES))
+    small = x.numel() < TUNE_MIN_ELEMENTS and mode() == "tune"
+    if small or norm.weight is None or not _eligible(x, norm.weight):
+        return GROUP_NORM_ENGINES[default](call)
+    b, c, h, w = x.shape
+    key = (
+        f"group-norm {str(x.dtype).removeprefix('torch.')} {b}x{c}x{h}x{w} g{norm.num_groups}"
+        f"{' ' + activation if activation else ''}"
+    )
+
+    def calls() -> dict[str, Callable[[], torch.Tensor]]:
+        # Offset from zero, as activations are, so that a formulation that drops digits there
+        # gives a wrong answer and is not chosen.
+        sample = dataclasses.replace(
+            call,
+            x=(_random_like(x.shape, torch.float32) + 3.0)
+            .to(x.dtype)
+            .contiguous(memory_format=torch.channels_last),
+        )
+        return {name: (lambda run=run: run(sample)) for name, run in GROUP_NORM_ENGINES.items()}
+
+    name = _choose(key, x.dtype, GROUP_NORM_ENGINES, calls)
+    return _run(GROUP_NORM_ENGINES, name, call)
 
 
 # ---------------------------------------------------------------------- gated linear attention

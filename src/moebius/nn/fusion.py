@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moebius.nn import engines
 from moebius.nn.engines import linear
 from moebius.nn.kernels import ACTIVATIONS
 
@@ -74,26 +75,14 @@ def norm_tokens(tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
 
 
 def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = None) -> torch.Tensor:
-    """``activation(norm(x))``; a channels-last map is first centred on each group's mean.
-
-    PyTorch's channels-last GroupNorm kernel on CPU is the fast one (several times faster than
-    the channels-first kernel on a converted copy), but it takes the variance as E[x²] − E[x]²,
-    which loses most float32 digits when a group's mean is large against its spread (an offset
-    of 100 costs ~1e-2 absolute, and bfloat16 loses everything). Subtracting a constant from a
-    group does not change its normalisation, so each group's mean (a column sum over the
-    pixels, accumulated in float32) is subtracted first, in the map's dtype (the constant need
-    not be exact, only near the mean): the kernel then sees means near 0, where it is exact to
-    rounding. The activation runs in place.
-    """
+    """``activation(norm(x))``; channels-last maps on the formulation fastest here, both with
+    statistics that stay exact when a group's mean is large against its spread
+    (:func:`moebius.nn.engines.group_norm`)."""
     if (
         x.dim() == 4
         and not x.is_contiguous()
         and x.is_contiguous(memory_format=torch.channels_last)
     ):
-        b, c, h, w = x.shape
-        groups = norm.num_groups
-        sums = x.permute(0, 2, 3, 1).reshape(b, h * w, c).sum(dim=1, dtype=torch.float32)
-        means = sums.view(b, groups, c // groups).mean(-1, keepdim=True) / (h * w)
-        x = x - means.expand(b, groups, c // groups).reshape(b, c, 1, 1).to(x.dtype)
+        return engines.group_norm(x, norm, activation)
     y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
     return y if activation is None else ACTIVATIONS[activation](y, inplace=True)

@@ -18,7 +18,11 @@ re-laid-out once) and ``aten-nchw`` (``F.conv2d`` on a channels-first copy, conv
 
 Local-λ's window contraction: three formulations in PyTorch's products (strided, unfolded,
 banded) and ``native-windows``, Moebius's own C++ kernel, compiled for the CPU on first use
-(:mod:`moebius.nn.native`); where it cannot be built it is never chosen.
+(:mod:`moebius.nn.native`); where it cannot be built it is never chosen. MixFFN's gated
+depthwise convolution: ``separate-gating`` (the convolution, then SiLU and product in PyTorch)
+or ``native-gating`` (one C++ pass). GroupNorm (and a SiLU after it) on channels-last maps:
+``centred-group-norm`` (PyTorch's kernel on a centred map) or ``native-group-norm`` (C++, two
+passes).
 
 The packed engines call PyTorch's ``torch.ops.mkldnn`` / ``torch.ops.mkl`` operators (the ones
 ``torch.compile`` emits on CPU); builds without them simply never pick those engines. A
@@ -44,7 +48,7 @@ _ONEDNN_ACTIVATION = {None: "none", "silu": "swish", "relu": "relu"}
 
 
 # ---------------------------------------------------------------------- weights packed once
-_PACKED: dict[tuple, tuple[weakref.ref, int, torch.Tensor]] = {}
+_PACKED: dict[tuple, tuple[weakref.ref, tuple, torch.Tensor]] = {}
 _WATCHED: set[int] = set()
 
 
@@ -61,19 +65,27 @@ def _forget(ident: int) -> None:
         del _PACKED[key]
 
 
+def _state(tensor: torch.Tensor) -> tuple:
+    """What changes when a weight's values may have: an in-place write bumps the version; a
+    module's ``.to()`` swaps the parameter's data (new storage, maybe a new dtype), keeping the
+    same Parameter object and version."""
+    return _version(tensor), tensor.data_ptr(), tensor.dtype, tensor.device
+
+
 def packed(source: torch.Tensor, kind: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``make()``'s packed copy of the weight ``source``, made once and reused for as long as
-    ``source`` lives unmodified (an in-place change, e.g. loading weights, makes a new one)."""
+    ``source`` lives unmodified (an in-place change, e.g. loading weights, or a conversion to
+    another dtype makes a new one)."""
     ident = id(source)
     key = (ident, *kind)
     entry = _PACKED.get(key)
-    if entry is not None and entry[0]() is source and entry[1] == _version(source):
+    if entry is not None and entry[0]() is source and entry[1] == _state(source):
         return entry[2]
     if ident not in _WATCHED:
         weakref.finalize(source, _forget, ident)
         _WATCHED.add(ident)
     result = make()
-    _PACKED[key] = (weakref.ref(source), _version(source), result)
+    _PACKED[key] = (weakref.ref(source), _state(source), result)
     return result
 
 
@@ -361,6 +373,97 @@ WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
     "unfolded-windows": _unfolded_windows,
     "banded-windows": _banded_windows,
     "native-windows": _native_windows,
+}
+
+
+# ---------------------------------------------------------------------- MixFFN's gated depthwise
+@dataclass(frozen=True)
+class GatedDepthwise:
+    """MixFFN's middle: ``d = depthwise3×3(h) + bias``, then ``value · silu(gate)`` of d's two
+    channel halves. ``h``: (b, height·width, 2C) tokens; returns (b, height·width, C).
+    ``depthwise``: the convolution to use for the PyTorch formulation (the engine-chosen
+    :func:`moebius.nn.engines.conv2d`)."""
+
+    h: torch.Tensor
+    conv: torch.nn.Conv2d
+    size: tuple[int, int]
+    depthwise: Callable | None = None
+
+
+def _separate_gating(g: GatedDepthwise) -> torch.Tensor:
+    """The convolution over all 2C channels, then a SiLU and a product over its halves: three
+    passes through memory, each writing a full map."""
+    b, n, channels = g.h.shape
+    height, width = g.size
+    grid = g.h.view(b, height, width, channels).permute(0, 3, 1, 2)  # channels-last, no copy
+    depthwise = g.depthwise or g.conv
+    d = depthwise(grid).permute(0, 2, 3, 1).reshape(b, n, channels)
+    value, gate = d.chunk(2, dim=-1)
+    return value * F.silu(gate)
+
+
+def _native_gating(g: GatedDepthwise) -> torch.Tensor:
+    """Moebius's C++ kernel (:mod:`moebius.nn.native`): each output row from its three input
+    rows while they are in cache, writing only the C gated channels. Raises where the kernel
+    could not be built."""
+    height, width = g.size
+    weight, bias = g.conv.weight, g.conv.bias
+    bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
+    return native().gated_depthwise(g.h, weight, bias, height, width)
+
+
+GATED_DEPTHWISE_ENGINES: dict[str, Callable[[GatedDepthwise], torch.Tensor]] = {
+    "separate-gating": _separate_gating,
+    "native-gating": _native_gating,
+}
+
+
+# ---------------------------------------------------------------------- group norms
+@dataclass(frozen=True)
+class GroupNormCall:
+    """``activation(group_norm(x))`` for a channels-last map ``x`` (b, c, h, w)."""
+
+    x: torch.Tensor
+    norm: torch.nn.GroupNorm
+    activation: str | None = None
+
+
+def _centred_group_norm(g: GroupNormCall) -> torch.Tensor:
+    """PyTorch's channels-last GroupNorm on the map centred on each group's mean first.
+
+    That kernel is the fast one of PyTorch's (several times faster than the channels-first
+    kernel on a converted copy), but it takes the variance as E[x²] − E[x]², which loses most
+    float32 digits when a group's mean is large against its spread (an offset of 100 costs
+    ~1e-2 absolute, and bfloat16 loses everything). Subtracting a constant from a group does
+    not change its normalisation, so each group's mean (a column sum over the pixels,
+    accumulated in float32) is subtracted first, in the map's dtype (the constant need not be
+    exact, only near the mean): the kernel then sees means near 0, where it is exact to
+    rounding. The activation runs in place."""
+    x, norm = g.x, g.norm
+    b, c, h, w = x.shape
+    groups = norm.num_groups
+    sums = x.permute(0, 2, 3, 1).reshape(b, h * w, c).sum(dim=1, dtype=torch.float32)
+    means = sums.view(b, groups, c // groups).mean(-1, keepdim=True) / (h * w)
+    x = x - means.expand(b, groups, c // groups).reshape(b, c, 1, 1).to(x.dtype)
+    y = F.group_norm(x, groups, norm.weight, norm.bias, norm.eps)
+    return y if g.activation is None else ACTIVATIONS[g.activation](y, inplace=True)
+
+
+def _native_group_norm(g: GroupNormCall) -> torch.Tensor:
+    """Moebius's C++ kernel (:mod:`moebius.nn.native`): the statistics in one pass, shifted by
+    each channel's first value so that they stay exact, then the normalisation with the SiLU in
+    the same pass. Raises where the kernel could not be built, or for another activation."""
+    if g.activation not in (None, "silu") or g.norm.weight is None:
+        raise NotImplementedError("the native group norm is affine, with SiLU or nothing after")
+    norm = g.norm
+    return native().group_norm(
+        g.x, norm.weight, norm.bias, norm.num_groups, norm.eps, g.activation == "silu"
+    )
+
+
+GROUP_NORM_ENGINES: dict[str, Callable[[GroupNormCall], torch.Tensor]] = {
+    "centred-group-norm": _centred_group_norm,
+    "native-group-norm": _native_group_norm,
 }
 
 

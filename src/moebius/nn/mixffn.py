@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moebius.nn.engines import conv2d
+from moebius.nn.engines import gated_depthwise
 from moebius.nn.fusion import pointwise
 from moebius.nn.lambda_layers import map_to_tokens, tokens_to_map
 
@@ -23,10 +23,12 @@ class _Conv(nn.Module):
 class MixFFN(nn.Module):
     """x → 1×1 (C→2h) → SiLU → depthwise 3×3 → split (value, gate) → value·SiLU(gate) → 1×1 (h→C).
 
-    ``forward_tokens`` is the same maths on (B, n, C) tokens: the 1×1 convs become
-    matrix products and the depthwise conv runs on a channels-last view, so no
-    layout copies happen between the three convs. ``export``: the value and gate halves computed apart
-    (no split of a large tensor in the exported graph; see :mod:`moebius.nn.export_forms`).
+    ``forward_tokens`` is the same maths on (B, n, C) tokens: the 1×1 convs become matrix
+    products, and the depthwise conv with its gating runs on the tokens' channels-last view, as
+    one native pass where that is faster (:func:`moebius.nn.engines.gated_depthwise`), so no
+    layout copies happen between the three convs. ``export``: the value and gate halves
+    computed apart (no split of a large tensor in the exported graph; see
+    :mod:`moebius.nn.export_forms`).
     """
 
     def __init__(self, channels: int, ratio: float = 2.5):
@@ -51,9 +53,7 @@ class MixFFN(nn.Module):
             value, gate = (self._half(x, size, part) for part in (0, 1))
             return F.linear(value * F.silu(gate), self.point_conv.conv.weight[:, :, 0, 0])
         h = pointwise(x, self.inverted_conv.conv, activation="silu")  # (B, n, 2h)
-        h = map_to_tokens(conv2d(tokens_to_map(h, size), self.depth_conv.conv))
-        value, gate = h.chunk(2, dim=-1)
-        return pointwise(value * F.silu(gate), self.point_conv.conv)
+        return pointwise(gated_depthwise(h, self.depth_conv.conv, size), self.point_conv.conv)
 
     def _half(self, x: torch.Tensor, size: tuple[int, int], part: int) -> torch.Tensor:
         """The value (``part`` 0) or gate (1) half of SiLU → depthwise 3×3, from its share of
