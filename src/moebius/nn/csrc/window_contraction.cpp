@@ -74,7 +74,11 @@ void Float32::columns(const float* t, const float* rows, float* out, int64_t j0,
   __mmask16 mask[NV];
   __m512 acc[HEADS][NV];
   for (int q = 0; q < NV; ++q) mask[q] = lanes(columns - 16 * q);
+  // Every loop over acc unrolled: indexed by constants only, acc lives in registers (GCC
+  // otherwise keeps it on the stack and stores all 24 vectors after every tap).
+#pragma GCC unroll 8
   for (int h = 0; h < HEADS; ++h)
+#pragma GCC unroll 3
     for (int q = 0; q < NV; ++q)
       acc[h][q] = _mm512_maskz_loadu_ps(mask[q], out + h * s.v + j0 + 16 * q);
   for (int64_t dy = 0; dy < s.r; ++dy) {
@@ -89,7 +93,9 @@ void Float32::columns(const float* t, const float* rows, float* out, int64_t j0,
       }
     }
   }
+#pragma GCC unroll 8
   for (int h = 0; h < HEADS; ++h)
+#pragma GCC unroll 3
     for (int q = 0; q < NV; ++q)
       _mm512_mask_storeu_ps(out + h * s.v + j0 + 16 * q, mask[q], acc[h][q]);
 }
@@ -117,7 +123,10 @@ void BFloat16::columns(const uint16_t* t, const uint32_t* pairs, uint16_t* out, 
   __mmask16 mask[NV];
   __m512 acc[HEADS][NV];
   for (int q = 0; q < NV; ++q) mask[q] = lanes(columns - 16 * q);
+  // As in Float32::columns, every loop over acc unrolled.
+#pragma GCC unroll 8
   for (int h = 0; h < HEADS; ++h)
+#pragma GCC unroll 3
     for (int q = 0; q < NV; ++q)
       acc[h][q] = widen(_mm256_maskz_loadu_epi16(mask[q], out + h * s.v + j0 + 16 * q));
   for (int64_t dy = 0; dy < s.r; ++dy) {
@@ -136,7 +145,9 @@ void BFloat16::columns(const uint16_t* t, const uint32_t* pairs, uint16_t* out, 
       }
     }
   }
+#pragma GCC unroll 8
   for (int h = 0; h < HEADS; ++h)
+#pragma GCC unroll 3
     for (int q = 0; q < NV; ++q)
       _mm256_mask_storeu_epi16(out + h * s.v + j0 + 16 * q, mask[q],
                                (__m256i)_mm512_cvtneps_pbh(acc[h][q]));
