@@ -70,60 +70,61 @@ using namespace moebius_vectors;
 // its own page at the model's widths, where the hardware prefetchers do not follow.
 constexpr int64_t PREFETCH_AHEAD = 16;
 
-// One half's 3×3 sum for 16 channels along a whole output row, the window's three columns
-// sliding in registers: each input vector is loaded once per row and kernel row, not three
-// times. Writes the sums (bias included) to d[x·16 …].
-template <typename T>
-void depthwise_row(const T* h, float* d, const float* taps, const float* bias, int64_t y,
-                   int64_t c, __mmask16 mask, const Map& m) {
-  const int64_t wide = 2 * m.channels;
-  __m512 k[9];
-  for (int i = 0; i < 9; ++i) k[i] = load16(taps + i * wide + c, mask);
-  const __m512 b = load16(bias + c, mask);
-  const __m512 zero = _mm512_setzero_ps();
-  const T* rows[3];
-  bool inside[3];
-  for (int i = 0; i < 3; ++i) {
-    inside[i] = y + i - 1 >= 0 && y + i - 1 < m.height;
-    rows[i] = h + (inside[i] ? (y + i - 1) * m.width * wide : 0) + c;
-  }
-  auto column = [&](int i, int64_t x) {
-    return inside[i] && x < m.width ? load16(rows[i] + x * wide, mask) : zero;
-  };
-  __m512 left[3], middle[3], right[3];
-  for (int i = 0; i < 3; ++i) {
-    left[i] = zero;
-    middle[i] = column(i, 0);
-  }
-  for (int64_t x = 0; x < m.width; ++x) {
-    // One partial sum per kernel row: three short chains of dependent FMAs, not one long one.
-    __m512 sum[3];
-    for (int i = 0; i < 3; ++i) {
-      if (x + PREFETCH_AHEAD < m.width)
-        _mm_prefetch(reinterpret_cast<const char*>(rows[i] + (x + PREFETCH_AHEAD) * wide),
-                     _MM_HINT_T0);
-      right[i] = column(i, x + 1);
-      sum[i] = _mm512_mul_ps(k[3 * i], left[i]);
-      sum[i] = _mm512_fmadd_ps(k[3 * i + 1], middle[i], sum[i]);
-      sum[i] = _mm512_fmadd_ps(k[3 * i + 2], right[i], sum[i]);
-      left[i] = middle[i];
-      middle[i] = right[i];
-    }
-    _mm512_store_ps(d + 16 * x, _mm512_add_ps(_mm512_add_ps(sum[0], b), _mm512_add_ps(sum[1], sum[2])));
-  }
-}
-
+// Output row y for channels [first, last), 16 value and 16 gate channels at a time, along the
+// row: each half's 3×3 window slides in registers (three columns of three rows), so every input
+// vector is loaded once per output row. Rows above and below the map read `zeros` (2C + 16
+// zeros) at every pixel, so the loop has no branch for them.
 template <typename T>
 void vector_row(const T* h, T* out, const float* taps, const float* bias, int64_t y,
-                int64_t first, int64_t last, const Map& m, float* sums) {
+                int64_t first, int64_t last, const Map& m, const T* zeros) {
+  const int64_t wide = 2 * m.channels;
+  const __m512 zero = _mm512_setzero_ps();
+  const T* rows[3];
+  int64_t step[3];
+  for (int i = 0; i < 3; ++i) {
+    const bool inside = y + i - 1 >= 0 && y + i - 1 < m.height;
+    rows[i] = inside ? h + (y + i - 1) * m.width * wide : zeros;
+    step[i] = inside ? wide : 0;
+  }
   for (int64_t c = first; c < last; c += 16) {
     const __mmask16 mask = lanes(last - c);
-    depthwise_row(h, sums, taps, bias, y, c, mask, m);
-    depthwise_row(h, sums + 16 * m.width, taps, bias, y, m.channels + c, mask, m);
+    const int64_t g = m.channels + c;
+    const __m512 value_bias = load16(bias + c, mask), gate_bias = load16(bias + g, mask);
+    // Columns x − 1 and x of each kernel row, for the value and the gate half.
+    // (Every loop over these arrays is unrolled, so that they stay in registers.)
+    __m512 value_left[3], value_middle[3], gate_left[3], gate_middle[3];
+#pragma GCC unroll 3
+    for (int i = 0; i < 3; ++i) {
+      value_left[i] = gate_left[i] = zero;
+      value_middle[i] = load16(rows[i] + c, mask);
+      gate_middle[i] = load16(rows[i] + g, mask);
+    }
     T* o = out + y * m.width * m.channels + c;
     for (int64_t x = 0; x < m.width; ++x) {
-      const __m512 value = _mm512_load_ps(sums + 16 * x);
-      const __m512 gate = _mm512_load_ps(sums + 16 * (m.width + x));
+      const bool edge = x + 1 == m.width;
+      __m512 value = value_bias, gate = gate_bias;
+#pragma GCC unroll 3
+      for (int i = 0; i < 3; ++i) {
+        const T* next = rows[i] + (x + 1) * step[i];
+        // A prefetch never faults, so past the row's end it needs no check.
+        _mm_prefetch(reinterpret_cast<const char*>(next + PREFETCH_AHEAD * step[i] + c),
+                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(next + PREFETCH_AHEAD * step[i] + g),
+                     _MM_HINT_T0);
+        const __m512 value_right = edge ? zero : load16(next + c, mask);
+        const __m512 gate_right = edge ? zero : load16(next + g, mask);
+        const float* k = taps + 3 * i * wide;  // kernel row i: taps dx = 0, 1, 2 a row apart
+        value = _mm512_fmadd_ps(load16(k + c, mask), value_left[i], value);
+        value = _mm512_fmadd_ps(load16(k + wide + c, mask), value_middle[i], value);
+        value = _mm512_fmadd_ps(load16(k + 2 * wide + c, mask), value_right, value);
+        gate = _mm512_fmadd_ps(load16(k + g, mask), gate_left[i], gate);
+        gate = _mm512_fmadd_ps(load16(k + wide + g, mask), gate_middle[i], gate);
+        gate = _mm512_fmadd_ps(load16(k + 2 * wide + g, mask), gate_right, gate);
+        value_left[i] = value_middle[i];
+        value_middle[i] = value_right;
+        gate_left[i] = gate_middle[i];
+        gate_middle[i] = gate_right;
+      }
       store16(o + x * m.channels, _mm512_mul_ps(value, silu(gate)), mask);
     }
   }
@@ -141,15 +142,13 @@ void run(const at::Tensor& h, const at::Tensor& out, const float* taps, const fl
   // Tasks: (image, output row, channel block), so that even one small map spreads over threads.
   at::parallel_for(0, batch * m.height * blocks, 1, [&](int64_t begin, int64_t end) {
 #if defined(__AVX512F__)
-    // 64-byte aligned rows of 16 sums: the value half's, then the gate half's.
-    std::vector<__m512> scratch(2 * m.width);
-    float* sums = reinterpret_cast<float*>(scratch.data());
+    const std::vector<T> zeros(2 * m.channels + 16, T(0));
 #endif
     for (int64_t task = begin; task < end; ++task) {
       const int64_t block = task % blocks, y = task / blocks % m.height, i = task / blocks / m.height;
       const int64_t first = block * BLOCK, last = std::min(m.channels, first + BLOCK);
 #if defined(__AVX512F__)
-      vector_row(in + i * image_in, o + i * image_out, taps, bias, y, first, last, m, sums);
+      vector_row(in + i * image_in, o + i * image_out, taps, bias, y, first, last, m, zeros.data());
 #else
       plain_row(in + i * image_in, o + i * image_out, taps, bias, y, first, last, m);
 #endif
