@@ -168,13 +168,15 @@ def render(side: dict, inpaint: dict, growth: dict, compiled: dict, compared: di
 
 
 def _targets(side: dict, inpaint: dict, compared: dict | None) -> list[str]:
-    """Each target of the CPU speed work against what these runs measured."""
-    measured: dict[str, float | None] = dict.fromkeys(TARGETS)
+    """Each target of the CPU speed work against what these runs measured. A step's share of
+    the roofline is taken from both bench runs that time it (each against its own roofline):
+    this VM's speed moves between runs, so a target counts as reached only if every run
+    reaches it."""
+    measured: dict[str, float | list[float] | None] = dict.fromkeys(TARGETS)
     for dtype in ("float32", "bfloat16"):
-        row = _ms(side, STUDENT, 2, dtype)
-        measured[f"{dtype} step, share of the {dtype} roofline"] = (
-            None if row is None else row["roofline_fraction"]
-        )
+        rows = [_ms(report, STUDENT, 2, dtype) for report in (side, inpaint)]
+        shares = [row["roofline_fraction"] for row in rows if row is not None]
+        measured[f"{dtype} step, share of the {dtype} roofline"] = shares or None
     if compared is not None:
         by = {(r["model"], r["dtype"], r["batch"]): r["median_ms"] for r in compared["results"]}
         theirs = by.get(("authors", "float32", 2))
@@ -198,15 +200,16 @@ def _targets(side: dict, inpaint: dict, compared: dict | None) -> list[str]:
         "|---|---|---|---|",
     ]
     for what, (goal, at_most, unit) in TARGETS.items():
-        value, shown = measured[what], UNITS[unit]
-        if value is None:
-            reached = "–"
+        values, shown = measured[what], UNITS[unit]
+        if values is None:
+            reached, text = "–", "–"
         else:
-            reached = "yes" if (value <= goal if at_most else value >= goal) else "**no**"
-        lines.append(
-            f"| {what} | {'≤' if at_most else '≥'} {shown(goal)} | "
-            f"{'–' if value is None else shown(value)} | {reached} |"
-        )
+            values = sorted(values) if isinstance(values, list) else [values]
+            worst = values[-1] if at_most else values[0]
+            reached = "yes" if (worst <= goal if at_most else worst >= goal) else "**no**"
+            texts = list(dict.fromkeys(shown(v) for v in values))
+            text = texts[0] if len(texts) == 1 else f"{' to '.join(texts)} (two runs)"
+        lines.append(f"| {what} | {'≤' if at_most else '≥'} {shown(goal)} | {text} | {reached} |")
     if whole:
         lines += _vae_bound(inpaint, whole[0])
     return lines
