@@ -20,7 +20,9 @@ inline __m512 load16(const at::BFloat16* p, __mmask16 mask) {
 }
 inline void store16(float* p, __m512 x, __mmask16 mask) { _mm512_mask_storeu_ps(p, mask, x); }
 inline void store16(at::BFloat16* p, __m512 x, __mmask16 mask) {
-  // Round to nearest even, as PyTorch's float → bfloat16 conversion does (no NaNs arise here).
+  // Round to nearest even, as PyTorch's float → bfloat16 conversion does. A NaN made by
+  // arithmetic (the default quiet NaN) stays a NaN; only NaN payloads this code never makes
+  // could round to another value.
   const __m512i bits = _mm512_castps_si512(x);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   const __m512i rounded =
