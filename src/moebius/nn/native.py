@@ -3,7 +3,7 @@
 They are built with the CPU's full instruction set (``-march=native``: AVX-512 and AVX-512
 BF16 where it has them), so a build is kept per CPU kind (:func:`~moebius.cpu.cpu_signature`)
 and torch version, in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``). Building needs a C++ compiler and takes about half a minute,
+``~/.cache/torch_extensions``). Building needs a C++ compiler and takes 10–30 s,
 once. Where it cannot be built, or with ``MOEBIUS_NATIVE_KERNELS=0``, :func:`native` raises
 and the engines that use it are never chosen (:mod:`moebius.nn.engines` skips an engine that
 raises); every result is also available from PyTorch's own kernels.
