@@ -16,9 +16,8 @@
 #include <algorithm>
 #include <cstring>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+
+#include "vectors.h"
 
 namespace {
 
@@ -54,9 +53,7 @@ void plain_positions(const T* taps, const T* values, T* y, int64_t first, int64_
 constexpr int64_t HEADS = 8;
 constexpr int64_t COLUMNS = 48;
 
-inline __mmask16 lanes(int64_t columns) {
-  return columns >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << std::max<int64_t>(columns, 0)) - 1);
-}
+using namespace moebius_vectors;
 
 // Columns [j0, j0 + columns) of one position's 8 heads, in NV vectors per head.
 struct Float32 {
@@ -102,10 +99,6 @@ void Float32::columns(const float* t, const float* rows, float* out, int64_t j0,
 #endif
 
 #if defined(__AVX512BF16__)
-inline __m512 widen(__m256i bf16) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16), 16));
-}
-
 // pairs[m, j] holds (values[m, j], values[m + 1, j]) in one 32-bit lane, the operand layout of
 // the bfloat16 dot product, which adds two products per lane: taps dx and dx + 1 in one step.
 struct BFloat16 {
@@ -128,7 +121,8 @@ void BFloat16::columns(const uint16_t* t, const uint32_t* pairs, uint16_t* out, 
   for (int h = 0; h < HEADS; ++h)
 #pragma GCC unroll 3
     for (int q = 0; q < NV; ++q)
-      acc[h][q] = widen(_mm256_maskz_loadu_epi16(mask[q], out + h * s.v + j0 + 16 * q));
+      acc[h][q] = load16(reinterpret_cast<const at::BFloat16*>(out + h * s.v + j0 + 16 * q),
+                         mask[q]);
   for (int64_t dy = 0; dy < s.r; ++dy) {
     for (int64_t dx = 0; dx < s.r; dx += 2) {
       const uint32_t* row = pairs + (dy * s.wide + dx) * s.v + j0;
