@@ -11,6 +11,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,16 @@ def _gated_depthwise(h, weight, bias, height, width):
     return value * torch.nn.functional.silu(gate)
 
 
+def _group_norm(x, norm, silu):
+    """The module (then SiLU) in float64 from the same inputs."""
+    expected = copy.deepcopy(norm).double()(x.double())
+    return torch.nn.functional.silu(expected) if silu else expected
+
+
+def _relative_error(got, expected) -> float:
+    return ((got.double() - expected).abs().max() / expected.abs().max()).item()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
     ("height", "width", "half"),
@@ -96,8 +107,7 @@ def test_the_native_kernel_computes_the_gated_depthwise(dtype, height, width, ha
     expected = _gated_depthwise(h, weight, bias, height, width)
     got = native_module.native().gated_depthwise(h, weight, bias, height, width)
     assert got.shape == expected.shape and got.dtype == dtype
-    error = (got.double() - expected).abs().max() / expected.abs().max()
-    assert error <= (1e-6 if dtype == torch.float32 else 1e-2)
+    assert _relative_error(got, expected) <= (1e-6 if dtype == torch.float32 else 1e-2)
 
 
 def test_the_gated_depthwise_kernel_refuses_mismatched_shapes():
@@ -123,12 +133,10 @@ def test_the_native_group_norm_matches_the_module(dtype, silu):
         norm.bias.copy_(torch.randn(60, generator=generator))
     x = 2 * torch.randn(2, 60, 23, 29, generator=generator) + 50
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    expected = copy.deepcopy(norm).double()(x.double())
-    expected = torch.nn.functional.silu(expected) if silu else expected
+    expected = _group_norm(x, norm, silu)
     got = native_module.native().group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu)
     assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
-    error = (got.double() - expected).abs().max() / expected.abs().max()
-    assert error <= (1e-6 if dtype == torch.float32 else 1e-2)
+    assert _relative_error(got, expected) <= (1e-6 if dtype == torch.float32 else 1e-2)
 
 
 def test_the_native_group_norm_refuses_what_it_cannot_normalise():
@@ -143,12 +151,14 @@ def test_the_native_group_norm_refuses_what_it_cannot_normalise():
 
 
 # A fresh process builds the kernels without AVX-512 (x86-64-v3: AVX2 and FMA) and checks the
-# portable loops the way the tests above check the vector code.
+# portable loops against the references of the tests above (this module, imported from its
+# folder, the first argument).
 PORTABLE_BUILD = """
-import copy, sys, torch
-import torch.nn.functional as F
+import sys, torch
 from torch.utils import cpp_extension
 from moebius.nn.native import SOURCES
+sys.path.insert(0, sys.argv[1])
+from test_native import _gated_depthwise, _group_norm, _relative_error
 cpp_extension.load(name="moebius_portable_check", sources=[str(s) for s in SOURCES],
                    extra_cflags=["-O2", "-march=x86-64-v3", "-fopenmp"],
                    extra_ldflags=["-fopenmp"], is_python_module=False)
@@ -161,21 +171,16 @@ for dtype in (torch.float32, torch.bfloat16):
     for height, width, half in [(9, 20, 40), (1, 1, 5), (7, 1, 70)]:
         h, w, b = randn(2, height * width, 2 * half), randn(2 * half, 1, 3, 3), randn(2 * half)
         h, w, b = h.to(dtype), w.to(dtype), b.to(dtype)
-        grid = h.double().transpose(1, 2).reshape(2, 2 * half, height, width)
-        d = F.conv2d(grid, w.double(), b.double(), padding=1, groups=2 * half)
-        value, gate = d.flatten(2).transpose(1, 2).chunk(2, -1)
-        expected = value * F.silu(gate)
-        got = ops.gated_depthwise(h, w, b, height, width).double()
-        worst[dtype] = max(worst.get(dtype, 0), ((got - expected).abs().max() / expected.abs().max()).item())
+        got = ops.gated_depthwise(h, w, b, height, width)
+        error = _relative_error(got, _gated_depthwise(h, w, b, height, width))
+        worst[dtype] = max(worst.get(dtype, 0), error)
     norm = torch.nn.GroupNorm(3, 60)
     with torch.no_grad():
         norm.weight.copy_(randn(60)), norm.bias.copy_(randn(60))
     x = (2 * randn(2, 60, 23, 29) + 50).to(dtype).contiguous(memory_format=torch.channels_last)
     for silu in (False, True):
-        expected = copy.deepcopy(norm).double()(x.double())
-        expected = F.silu(expected) if silu else expected
-        got = ops.group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu).double()
-        worst[dtype] = max(worst[dtype], ((got - expected).abs().max() / expected.abs().max()).item())
+        got = ops.group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu)
+        worst[dtype] = max(worst[dtype], _relative_error(got, _group_norm(x, norm, silu)))
 print(worst[torch.float32], worst[torch.bfloat16])
 """
 
@@ -184,7 +189,10 @@ print(worst[torch.float32], worst[torch.bfloat16])
 def test_the_portable_loops_compute_what_the_vector_code_does(tmp_path):
     env = os.environ | {"TORCH_EXTENSIONS_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-c", PORTABLE_BUILD], env=env, capture_output=True, text=True
+        [sys.executable, "-c", PORTABLE_BUILD, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     float32, bfloat16 = map(float, done.stdout.split())
