@@ -15,8 +15,10 @@ is the authors' pre- and post-processing, bit for bit:
   blurred binary hole and clipped.
 
 A ``prefill`` (ours; the authors have none) puts OpenCV's Telea or Navier–Stokes fill of the
-hole into the image that is encoded for the sampler's start; the masked image, whose hole is
-zero, is unchanged.
+hole into the image that is encoded for the sampler's start. The masked image the model is
+conditioned on keeps a zero hole, as the authors' model was trained with, unless the model was
+trained on OpenCV's fill there instead (its ``masked_image_fill``; ours, see
+:class:`moebius.pipeline.InpaintPipeline`).
 
 Unlike the authors' code, which returns the resized image, the result goes back into the photo
 at its own size: outside the (feathered, dilated) hole every pixel is the original one.
@@ -44,6 +46,12 @@ HOLE_THRESHOLD = 128  # mask value from which a working pixel is part of the hol
 OPENCV_FILLS = {Prefill.TELEA: cv2.INPAINT_TELEA, Prefill.NS: cv2.INPAINT_NS}
 # pixels around each hole pixel that OpenCV's fill draws from (its documented example value)
 OPENCV_RADIUS = 3
+
+
+def opencv_fill(pixels: np.ndarray, hole: np.ndarray, method: Prefill) -> np.ndarray:
+    """(H, W, 3) uint8 pixels with the hole ((H, W), non-zero = hole) filled by OpenCV's Telea
+    or Navier–Stokes method; the same fill whatever the channel order."""
+    return cv2.inpaint(pixels, hole.astype(np.uint8), OPENCV_RADIUS, OPENCV_FILLS[method])
 
 
 def binarise(mask: Image.Image) -> Image.Image:
@@ -117,7 +125,7 @@ class Region:
 
     def opencv_fill(self, method: Prefill) -> np.ndarray:
         """The working pixels with the hole filled by OpenCV's Telea or Navier–Stokes method."""
-        return cv2.inpaint(self.pixels, self.hole, OPENCV_RADIUS, OPENCV_FILLS[method])
+        return opencv_fill(self.pixels, self.hole, method)
 
     def model_inputs(self, prefill: Prefill = Prefill.NONE) -> tuple[np.ndarray, np.ndarray]:
         """(image in [−1, 1] as (1, 3, H, W), hole as (1, 1, H, W) of 0/1), float32. Float64

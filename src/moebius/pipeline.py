@@ -26,7 +26,7 @@ from moebius.errors import CheckpointError, InputError
 from moebius.files import write_json
 from moebius.image_io import to_rgb
 from moebius.sampling import NoiseSchedule, Step, denoise, guided, initial_latents, make_sampler
-from moebius.settings import Category, InpaintSettings, PasteMode
+from moebius.settings import Category, InpaintSettings, PasteMode, Prefill
 from moebius.weights import DEFAULT_REPO, DEFAULT_VARIANT, PIPELINE_FILE, locate
 
 # VAE tiles kick in above this side (pixels); below it the VAE runs exactly as the authors'
@@ -104,6 +104,11 @@ class InpaintPipeline:
     # what a call uses where neither ``settings`` nor a keyword says otherwise: the official
     # model's defaults, or a model directory's own (``pipeline.json``'s "settings")
     default_settings: InpaintSettings = InpaintSettings()
+    # What the hole of the masked image the model is conditioned on holds: zero, as the authors'
+    # model was trained, or OpenCV's fill of the hole for a model trained with it (the small
+    # bundled demo: its fill then has a guess of the hole's colours to refine). A property of the
+    # trained weights, kept in ``pipeline.json``; not a setting a call may change.
+    masked_image_fill: Prefill = Prefill.NONE
 
     # ------------------------------------------------------------------ what a backend provides
     @property
@@ -328,8 +333,9 @@ class InpaintPipeline:
         pixels = np.concatenate([image for image, _ in inputs])
         holes = np.concatenate([hole for _, hole in inputs])
         sampler = make_sampler(settings.scheduler, self.schedule, settings.steps, settings.strength)
+        masked = self._masked_images(regions, pixels, holes, settings.prefill)
         image_latents, masked_latents = self._encode_pair(
-            pixels, pixels * (1 - holes), generators, photo_needed=settings.strength < 1
+            pixels, masked, generators, photo_needed=settings.strength < 1
         )
         factor = self.vae_scale_factor
         latent_mask = self._array(np.ascontiguousarray(holes[:, :, ::factor, ::factor]))
@@ -349,6 +355,18 @@ class InpaintPipeline:
             decoded = _with_change(pixels, decoded, self._decode(image_latents))
         lap("decode")
         return decoded
+
+    def _masked_images(
+        self, regions: list[Region], pixels: np.ndarray, holes: np.ndarray, prefill: Prefill
+    ) -> np.ndarray:
+        """The conditioning images: ``pixels`` (the sampler's start, prefilled with ``prefill``)
+        with the hole zeroed, or holding :attr:`masked_image_fill`'s fill."""
+        fill = self.masked_image_fill
+        if fill is Prefill.NONE:
+            return pixels * (1 - holes)
+        if fill is prefill:
+            return pixels
+        return np.concatenate([region.model_inputs(fill)[0] for region in regions])
 
 
 def _with_change(start_pixels: np.ndarray, decoded: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -374,6 +392,7 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         vae,
         schedule: NoiseSchedule | None = None,
         default_settings: InpaintSettings | None = None,
+        masked_image_fill: Prefill | str = Prefill.NONE,
     ):
         from moebius.models.registry import vae_scale_factor
         from moebius.nn.adopt import adopt
@@ -383,6 +402,7 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         self.schedule = schedule if schedule is not None else NoiseSchedule()
         if default_settings is not None:
             self.default_settings = default_settings.validate()
+        self.masked_image_fill = Prefill(masked_image_fill)
         self.vae_scale_factor = vae_scale_factor(vae)
         self._progress_config = {}
 
@@ -474,7 +494,7 @@ class MoebiusInpaintPipeline(InpaintPipeline):
             defaults = InpaintSettings.from_mapping(where.settings)
         except InputError as exc:
             raise CheckpointError(f"{name_or_path}: {PIPELINE_FILE} settings: {exc}") from None
-        return cls(model, vae, schedule, defaults).to(device, dtype)
+        return cls(model, vae, schedule, defaults, where.masked_image_fill).to(device, dtype)
 
     @classmethod
     def from_exported(cls, directory: str | os.PathLike, **options) -> InpaintPipeline:
@@ -507,6 +527,8 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         own = {k: v for k, v in self.default_settings.to_dict().items() if official[k] != v}
         if own:
             manifest["settings"] = own
+        if self.masked_image_fill is not Prefill.NONE:
+            manifest["masked_image_fill"] = self.masked_image_fill.value
         write_json(directory / PIPELINE_FILE, manifest)
 
     # ------------------------------------------------------------------ the backend

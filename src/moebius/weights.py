@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moebius.errors import CheckpointError
+from moebius.settings import Prefill
 
 PIPELINE_FILE = "pipeline.json"
 AUTHORS_WEIGHTS = "diffusion_pytorch_model.bin"
@@ -50,6 +51,7 @@ class WeightsLocation:
     model_config: str | None = None
     scheduler_dir: Path | None = None
     settings: dict = field(default_factory=dict)  # the model's own inpainting defaults
+    masked_image_fill: str = "none"  # what the trained model's masked image holds in the hole
 
 
 def _preset_for(name: str, override: str | None) -> str:
@@ -70,7 +72,7 @@ def locate_local(root: Path, variant: str, model_config: str | None) -> WeightsL
             vae_dir=root / "vae",
             model_dir=root / "model",
             scheduler_dir=scheduler if scheduler.is_dir() else None,
-            settings=_own_settings(root / PIPELINE_FILE),
+            **_manifest_fields(root / PIPELINE_FILE),
         )
     candidates = [
         (root / family / variant / AUTHORS_WEIGHTS, family, root / "vae")
@@ -91,14 +93,20 @@ def locate_local(root: Path, variant: str, model_config: str | None) -> WeightsL
     )
 
 
-def _own_settings(manifest: Path) -> dict:
+def _manifest_fields(manifest: Path) -> dict:
+    """``settings`` and ``masked_image_fill`` of a saved pipeline's ``pipeline.json``."""
     try:
-        settings = json.loads(manifest.read_text()).get("settings", {})
+        document = json.loads(manifest.read_text())
+        settings = document.get("settings", {})
+        fill = document.get("masked_image_fill", "none")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"cannot read {manifest}: {exc}") from None
     if not isinstance(settings, dict):
         raise CheckpointError(f'{manifest}: "settings" must be an object of setting values')
-    return settings
+    if fill not in {p.value for p in Prefill}:
+        choices = ", ".join(p.value for p in Prefill)
+        raise CheckpointError(f'{manifest}: "masked_image_fill" must be one of {choices}')
+    return {"settings": settings, "masked_image_fill": fill}
 
 
 def offline_switch() -> str | None:

@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode training images (and masked images) with the VAE into a latent cache",
         description="Write VARIANTS random crop/flip/mask draws per image as VAE posterior "
         "moments into OUT_DIR (safetensors shards + index.json), so `moebius distill` with "
-        "data.cache: OUT_DIR never runs the VAE. Masks follow the training config's data "
-        "section when --config is given.",
+        "data.cache: OUT_DIR never runs the VAE. Masks, and what the masked images hold in "
+        "the hole (data.masked_image_fill: none, telea or ns), follow the training config's "
+        "data section when --config is given.",
     )
     parser.add_argument("data", help="authors' JSONL file or an image folder")
     parser.add_argument("out_dir", help="cache directory to write")
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         flip=d.flip,
         progress=not args.quiet,
         short_side=tuple(d.short_side) if d.short_side else None,
+        masked_image_fill=d.masked_image_fill,
     )
     print(f"cached {len(records)} images × {args.variants} variants → {index}")
     return 0

@@ -66,6 +66,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also save the first KD student + VAE as a pipeline directory here",
     )
     parser.add_argument(
+        "--masked-image-fill",
+        default="telea",
+        choices=["telea", "ns", "none"],
+        help="what the hole of the masked image the networks are conditioned on holds, in "
+        "training and in the saved pipelines: OpenCV's Telea or Navier-Stokes fill, or zero "
+        "as in the authors' model (default: %(default)s)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         docs=args.docs,
         bundle=args.bundle,
         jobs=args.jobs,
+        masked_image_fill=args.masked_image_fill,
     )
     result = run_recipe(cfg, until=args.until)
     if args.until != "eval":

@@ -316,6 +316,7 @@ def _manifest(pipe, source: dict, options: ExportOptions, size, files: dict[str,
         "vae": {"scaling_factor": config.scaling_factor, "latent_channels": config.latent_channels},
         "scheduler": pipe.schedule.to_config(),
         "settings": pipe.default_settings.to_dict(),
+        "masked_image_fill": pipe.masked_image_fill.value,
         "graphs": {
             graph: {
                 "file": files[graph].name,

@@ -82,6 +82,11 @@ class ExportManifest:
         return self.document.get("settings", {})
 
     @property
+    def masked_image_fill(self) -> str:
+        """What the exported model's masked image holds in the hole (``none``: zero)."""
+        return self.document.get("masked_image_fill", "none")
+
+    @property
     def options(self) -> dict[str, Any]:
         return self.document["export"]
 

@@ -98,6 +98,11 @@ class RecipeConfig:
     train_size: int = 256  # diffusion training crop (latent 32²)
     short_side: list[int] = field(default_factory=lambda: [256, 768])  # crop zoom range
     cache_variants: int = 64  # crops + masks cached per training photo
+    # The masked image the networks are conditioned on holds OpenCV Telea's fill of the hole
+    # rather than zero: so small a model, so briefly trained, then refines a guess of the hole's
+    # colours instead of inventing them. One no-KD student trained both ways: −0.39 dB against
+    # Telea with a zero hole, −0.03 dB with Telea's fill, at the demo's settings.
+    masked_image_fill: str = "telea"
     teacher_steps: int = 6000
     student_steps: int = 4000
     batch_size: int = 8
@@ -340,6 +345,7 @@ def stage_cache(cfg: RecipeConfig, out: Path) -> dict:
         scaling_factor=vae.config.scaling_factor,
         short_side=tuple(cfg.short_side),
         progress=False,
+        masked_image_fill=cfg.masked_image_fill,
     )
     return _finish_stage(directory, {"seconds": time.perf_counter() - started})
 
@@ -372,6 +378,7 @@ def _train_config(
                 "cache": str(out / "cache"),
                 "num_workers": 0,
                 "foreground_prob": cfg.foreground_prob,
+                "masked_image_fill": cfg.masked_image_fill,
             },
             "distill": ({"kd": kd} if teacher else TEACHER_AS_STUDENT)
             | {"prediction_type": cfg.prediction_type},
@@ -495,7 +502,12 @@ def _load_pipeline(out: Path, model_dir: Path, cfg: RecipeConfig):
     from moebius.sampling import NoiseSchedule
 
     model = at_sample_size(from_pretrained(model_dir), cfg.eval_size // 8)
-    pipe = MoebiusInpaintPipeline(model, _load_vae(out), NoiseSchedule.load(model_dir))
+    pipe = MoebiusInpaintPipeline(
+        model,
+        _load_vae(out),
+        NoiseSchedule.load(model_dir),
+        masked_image_fill=cfg.masked_image_fill,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

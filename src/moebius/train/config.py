@@ -38,6 +38,9 @@ class DataConfig:
     # image folders carry one category; label this fraction of samples "foreground" so the
     # branch CFG extrapolates away from is trained too
     foreground_prob: float = 0.0
+    # what the masked image holds in the hole: zero (none, the authors') or OpenCV's fill
+    # (telea / ns); the pipeline the model is saved with conditions on the same
+    masked_image_fill: str = "none"
     num_workers: int = 2
     dataset_mask_prob: float = 1.0  # use a record's own mask with this probability
     dilate: list[int] | None = field(default_factory=lambda: [3, 7])  # random k×k, None = off

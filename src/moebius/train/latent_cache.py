@@ -3,7 +3,8 @@
 What is stored, and why
 -----------------------
 The model input needs two latents per sample: the full image's and the *masked* image's
-(``image · (1 − mask)`` encoded). The second depends on the mask, so it cannot be cached
+(``image · (1 − mask)`` encoded, or the image with OpenCV's fill in the hole for a model
+trained on that, see :func:`masked_images`). The second depends on the mask, so it cannot be cached
 once per image. We cache ``variants`` independent draws per image; each variant fixes one
 random crop/flip and one mask (drawn exactly like the pixel-space dataset, dilation
 included) and stores
@@ -29,14 +30,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from moebius.errors import InputError
+from moebius.compositing import opencv_fill
+from moebius.errors import ConfigError, InputError
 from moebius.files import atomic_write
 from moebius.models.lcg import category_ids
 from moebius.nn.adopt import adopt
+from moebius.settings import Prefill
 from moebius.train.data import MaskSampler, Record, _open, random_crop, sample_rng
 
 FORMAT = "moebius-latent-cache"
@@ -62,6 +66,32 @@ def sample_latents(
     return (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise) * scaling_factor
 
 
+def masked_image_method(fill: str) -> Prefill:
+    """``fill`` (``none``, ``telea`` or ``ns``) as a :class:`~moebius.settings.Prefill`."""
+    try:
+        return Prefill(fill)
+    except ValueError:
+        choices = ", ".join(p.value for p in Prefill)
+        raise ConfigError(f"masked_image_fill {fill!r} is not one of {choices}") from None
+
+
+def masked_images(images: torch.Tensor, masks: torch.Tensor, fill: str = "none") -> torch.Tensor:
+    """The images (B, 3, H, W) in [−1, 1] a model is conditioned on: the hole (``masks`` (B, 1,
+    H, W), 1 = hole) zeroed, or with ``fill`` (``telea``/``ns``) holding OpenCV's fill of it
+    computed on the 8-bit pixels, as the pipeline does at inference."""
+    method = masked_image_method(fill)
+    if method is Prefill.NONE:
+        return images * (1 - masks)
+    pixels = ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    holes = (masks[:, 0].cpu() > 0.5).numpy()
+    filled = [
+        opencv_fill(np.ascontiguousarray(p.permute(1, 2, 0).numpy()), h, method)
+        for p, h in zip(pixels, holes, strict=True)
+    ]
+    result = torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return result.to(images.device, images.dtype)
+
+
 def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pixel mask (B, 1, H, W) → latent size with nearest interpolation, as the authors."""
     return F.interpolate(mask.float(), size=size, mode="nearest")
@@ -81,11 +111,14 @@ def write_latent_cache(
     flip: bool = True,
     progress: bool = True,
     short_side: tuple[int, int] | None = None,
+    masked_image_fill: str = "none",
 ) -> Path:
-    """Encode every record ``variants`` times into ``out_dir``; returns the index path. The VAE
+    """Encode every record ``variants`` times into ``out_dir``; returns the index path. The
+    masked images hold ``masked_image_fill`` in the hole (:func:`masked_images`). The VAE
     is adopted (:func:`moebius.nn.adopt.adopt`, in place: same weights and results) and fed
     channels-last batches, so it runs on the kernels fastest on this machine; PyTorch's own
     GroupNorm would lose precision on channels-last maps, the adopted one does not."""
+    masked_image_method(masked_image_fill)
     vae = adopt(vae)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +137,7 @@ def write_latent_cache(
                 hole = masks(size, size, rng, hole)
                 x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1.0
                 m = torch.from_numpy(hole)[None].float()
-                items.append((x, x * (1 - m), m))
+                items.append((x, masked_images(x[None], m[None], masked_image_fill)[0], m))
         moments, masked, lat_masks = [], [], []
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
@@ -134,6 +167,7 @@ def write_latent_cache(
         "variants": variants,
         "scaling_factor": scaling_factor,
         "seed": seed,
+        "masked_image_fill": masked_image_fill,
         "shards": shards,
         "records": [{"image": str(r.image), "prompt": r.prompt} for r in records],
     }

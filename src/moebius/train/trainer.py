@@ -51,7 +51,14 @@ from moebius.train.distributed import (
     convert_sync_batchnorm,
     init_distributed,
 )
-from moebius.train.latent_cache import LatentCache, encode_moments, latent_mask, sample_latents
+from moebius.train.latent_cache import (
+    LatentCache,
+    encode_moments,
+    latent_mask,
+    masked_image_method,
+    masked_images,
+    sample_latents,
+)
 from moebius.train.losses import (
     TIMESTEP_SAMPLERS,
     FeatureAdapter,
@@ -392,12 +399,19 @@ class Distiller:
 
     def _build_data(self) -> None:
         cfg, d, run = self.config, self.config.data, self.config.train
+        masked_image_method(d.masked_image_fill)
         if d.cache:
             self.dataset = LatentCache(d.cache, seed=cfg.seed)
             if self.dataset.index["image_size"] != cfg.image_size:
                 raise ConfigError(
                     f"the cache was written at {self.dataset.index['image_size']} px but "
                     f"image_size is {cfg.image_size}"
+                )
+            cached_fill = self.dataset.index.get("masked_image_fill", "none")
+            if cached_fill != d.masked_image_fill:
+                raise ConfigError(
+                    f"the cache's masked images hold {cached_fill!r} in the hole but "
+                    f"data.masked_image_fill is {d.masked_image_fill!r}"
                 )
         else:
             if not d.train:
@@ -458,7 +472,8 @@ class Distiller:
             images = batch["image"].to(self.device, self.dtype)
             pixel_mask = batch["mask"].to(self.device, self.dtype)
             moments = encode_moments(self.vae, images)
-            masked = encode_moments(self.vae, images * (1 - pixel_mask))
+            fill = self.config.data.masked_image_fill
+            masked = encode_moments(self.vae, masked_images(images, pixel_mask, fill))
             mask = latent_mask(pixel_mask, moments.shape[2:])
         b, c2, h, w = moments.shape
         latent = (b, c2 // 2, h, w)
@@ -709,7 +724,12 @@ class Distiller:
             self.student.load_state_dict(self.ema)
         self.student.eval()
         try:
-            pipe = MoebiusInpaintPipeline(self.student, self.vae, self.schedule)
+            pipe = MoebiusInpaintPipeline(
+                self.student,
+                self.vae,
+                self.schedule,
+                masked_image_fill=self.config.data.masked_image_fill,
+            )
             pipe.set_progress_bar_config(disable=True)
             results = pipe(
                 [Image.fromarray(o) for o in originals],
