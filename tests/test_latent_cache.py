@@ -1,13 +1,14 @@
 import copy
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from helpers import tiny_vae
 from PIL import Image
 
-from moebius.errors import InputError
+from moebius.errors import ConfigError, InputError
 from moebius.train.data import (
     InpaintingDataset,
     MaskSampler,
@@ -19,6 +20,7 @@ from moebius.train.latent_cache import (
     LatentCache,
     encode_moments,
     latent_mask,
+    masked_images,
     sample_latents,
     write_latent_cache,
 )
@@ -49,7 +51,8 @@ def sampler():
     return MaskSampler([MaskSource("mat", 1.0)], dataset_mask_prob=1.0, dilate=(3, 7))
 
 
-def test_cache_round_trip_matches_direct_encoding(dataset, tmp_path):
+@pytest.mark.parametrize("fill", ["none", "telea"])
+def test_cache_round_trip_matches_direct_encoding(dataset, tmp_path, fill):
     vae = tiny_vae(norm_num_groups=8, sample_size=32, scaling_factor=0.18215)
     # The reference in float64: PyTorch's own float32 GroupNorm is ~1e-3 off on masked images
     # (more on channels-last maps), the cache's adopted VAE ~1e-5.
@@ -57,12 +60,21 @@ def test_cache_round_trip_matches_direct_encoding(dataset, tmp_path):
     records = read_records(dataset)
     out = tmp_path / "cache"
     write_latent_cache(
-        records, vae, out, 32, sampler(), variants=2, seed=5, shard_size=2, progress=False
+        records,
+        vae,
+        out,
+        32,
+        sampler(),
+        variants=2,
+        seed=5,
+        shard_size=2,
+        progress=False,
+        masked_image_fill=fill,
     )
     index = json.loads((out / "index.json").read_text())
     assert [s["count"] for s in index["shards"]] == [2, 1]
     assert index["latent_size"] == [4, 4] and index["variants"] == 2
-    assert index["scaling_factor"] == 0.13025
+    assert index["scaling_factor"] == 0.13025 and index["masked_image_fill"] == fill
 
     cache = LatentCache(out, seed=5)
     assert len(cache) == 3
@@ -74,7 +86,8 @@ def test_cache_round_trip_matches_direct_encoding(dataset, tmp_path):
             image, mask = direct["image"][None], direct["mask"][None]
             with torch.no_grad():
                 moments = encode_moments(exact, image.double()).float()
-                masked = encode_moments(exact, (image * (1 - mask)).double()).float()
+                masked_image = masked_images(image, mask, fill)
+                masked = encode_moments(exact, masked_image.double()).float()
             number, row = cache._locate[i]
             shard = cache._shard(number)
             # float32 rounding (1e-5 here); a wrong image or mask would be far further off
@@ -92,6 +105,29 @@ def test_cache_round_trip_matches_direct_encoding(dataset, tmp_path):
     assert cache[(1, 0, 0)]["input_ids"].tolist() == list(range(10, 20))
     picked = {int(sample_rng(5, 0, p).integers(2)) for p in range(8)}
     assert picked == {0, 1}  # both variants get used
+
+
+def test_masked_images_zero_the_hole_or_hold_opencvs_fill_of_it():
+    from skimage import data
+
+    pixels = torch.from_numpy(data.astronaut()[200:264, 200:264].copy()).permute(2, 0, 1)
+    images = (pixels.float() / 127.5 - 1.0)[None]
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., 20:40, 10:50] = 1
+    hole = masks.bool().expand_as(images)
+    zeroed = masked_images(images, masks)
+    assert torch.equal(zeroed[~hole], images[~hole]) and not zeroed[hole].any()
+    for fill, method in (("telea", cv2.INPAINT_TELEA), ("ns", cv2.INPAINT_NS)):
+        hole_u8 = masks[0, 0].numpy().astype(np.uint8)
+        expected = cv2.inpaint(pixels.permute(1, 2, 0).numpy().copy(), hole_u8, 3, method)
+        filled = masked_images(images, masks, fill)
+        back = ((filled[0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(back, expected)
+        torch.testing.assert_close(filled[~hole], images[~hole])  # outside: the photo
+        # inside: a continuation of the surroundings, far nearer the photo than a zero hole
+        assert (filled - images)[hole].abs().mean() < 0.5 * (zeroed - images)[hole].abs().mean()
+    with pytest.raises(ConfigError, match="masked_image_fill 'blur' is not one of"):
+        masked_images(images, masks, "blur")
 
 
 def test_sample_latents_is_mean_plus_std_noise():

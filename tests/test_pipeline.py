@@ -18,11 +18,11 @@ from PIL import Image, ImageFilter
 from skimage import data
 
 import moebius
-from moebius.compositing import crop_box
+from moebius.compositing import crop_box, prepare
 from moebius.errors import CheckpointError, InputError
 from moebius.pipeline import MoebiusInpaintPipeline
 from moebius.sampling import Cancelled
-from moebius.settings import InpaintSettings
+from moebius.settings import InpaintSettings, Prefill
 
 CONFIG_DIR = Path(moebius.__file__).parent / "configs"
 
@@ -389,6 +389,48 @@ def test_a_model_directory_carries_its_own_default_settings(tmp_path):
         np.asarray(reference(image, mask, num_inference_steps=4, generator=0).images[0]),
     )
     assert not np.array_equal(out.images[0], np.asarray(official.images[0]))
+
+
+def test_a_model_trained_on_opencv_filled_masked_images_is_conditioned_on_them(tmp_path):
+    """``masked_image_fill`` puts OpenCV's fill, not zero, in the hole of the masked image the
+    model sees, whatever the start was prefilled with; it is kept in pipeline.json."""
+    model, vae = tiny_model(), tiny_vae()
+    telea = MoebiusInpaintPipeline(model, vae, masked_image_fill="telea")
+    plain = MoebiusInpaintPipeline(model, vae)
+    image, mask = photo(64, 64), box_mask(64, 64, (10, 10, 50, 50))
+    region = prepare(image, mask, InpaintSettings(), 64, telea.pixel_multiple)
+    pixels, holes = region.model_inputs()
+    filled = region.model_inputs(Prefill.TELEA)[0]
+    assert filled[:, :, holes[0, 0] > 0].std() > 0.01  # a fill, not a flat hole
+    np.testing.assert_array_equal(plain._masked_images([region], pixels, holes, Prefill.NONE),
+                                  pixels * (1 - holes))  # fmt: skip
+    for start, prefill in ((pixels, Prefill.NONE), (filled, Prefill.TELEA), (pixels, Prefill.NS)):
+        conditioned = telea._masked_images([region], start, holes, prefill)
+        np.testing.assert_array_equal(conditioned, filled)
+
+    runs = {}
+    for name, pipe in (("plain", plain), ("telea", telea)):
+        pipe.set_progress_bar_config(disable=True)
+        runs[name] = pipe(image, mask, num_inference_steps=2, generator=0, output_type="np")
+    assert not np.array_equal(runs["plain"].images[0], runs["telea"].images[0])
+
+    telea.save_pretrained(tmp_path / "pipe")
+    manifest = json.loads((tmp_path / "pipe" / "pipeline.json").read_text())
+    assert manifest["masked_image_fill"] == "telea" and "settings" not in manifest
+    loaded = MoebiusInpaintPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.masked_image_fill is Prefill.TELEA
+    again = loaded(image, mask, num_inference_steps=2, generator=0, output_type="np")
+    np.testing.assert_array_equal(again.images[0], runs["telea"].images[0])
+    plain.save_pretrained(tmp_path / "official")  # the authors' model: nothing to record
+    assert "masked_image_fill" not in json.loads(
+        (tmp_path / "official" / "pipeline.json").read_text()
+    )
+
+    manifest["masked_image_fill"] = "blur"
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match='"masked_image_fill" must be one of none, telea'):
+        MoebiusInpaintPipeline.from_pretrained(tmp_path / "pipe")
 
 
 def test_bad_default_settings_in_a_model_directory_are_one_line_errors(pipe, tmp_path):

@@ -118,6 +118,7 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
             teacher_bfloat16
         )
     assert "- Precision: " in report and "bfloat16 autocast" not in report
+    assert "sees the masked image with OpenCV Telea's fill in the hole" in report
     assert ("teacher's forward in distillation ran in bfloat16" in report) is bfloat16
 
     # A second run finds every stage finished and redoes nothing.
@@ -136,6 +137,11 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
     assert again["ran"] == [*map(fills_task, sampled_rows(cfg)), "eval"]
     assert alone["wall_seconds"] == pytest.approx(first_go["seconds"] + again["seconds"])
     assert "over 2 invocations" in wall_clock_text(alone)
+    assert "from the VAE to the report" in wall_clock_text(alone)
+    # Stages copied in from an earlier run of the same recipe are named, not counted.
+    copied = [{**e, "ran": [n for n in e["ran"] if n not in ("vae", "decoder")]} for e in alone["invocations"]]  # fmt: skip
+    text = wall_clock_text(alone | {"invocations": copied})
+    assert "every task but vae and decoder, whose results came from an earlier run" in text
 
     # The decoder stage retrained the VAE's decoder only (the latents the cache holds stay
     # valid), and the bundle ships that decoder.
@@ -160,6 +166,10 @@ def test_recipe_runs_resumes_and_bundles(tmp_path, monkeypatch):
         "prefill": "telea",
         "residual_decode": True,
     }
+    # Its networks were trained, and are sampled, with Telea's fill in the masked image's hole.
+    assert manifest["masked_image_fill"] == cfg.masked_image_fill == "telea"
+    cache = json.loads((run_dir / "cache" / "index.json").read_text())
+    assert cache["masked_image_fill"] == "telea"
     config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())
     assert config["sample_size"] == cfg.eval_size // 8
     scheduler = json.loads((tmp_path / "demo" / "scheduler" / "scheduler_config.json").read_text())

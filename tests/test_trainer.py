@@ -282,6 +282,32 @@ def test_training_from_a_latent_cache_needs_no_vae(assets, cache_dir, tmp_path):
     assert np.isfinite(metrics["loss"]) and trainer.step == 2
 
 
+def test_the_masked_image_fill_reaches_the_model_input_and_must_match_the_cache(
+    assets, cache_dir, tmp_path
+):
+    """With data.masked_image_fill the live-encoded masked latent is that of OpenCV's fill of
+    the hole (the rest of the input, drawn from the same stream, is unchanged); a cache written
+    with another fill, or an unknown fill, is refused before training."""
+    inputs = {}
+    for fill in ("none", "telea"):
+        config = make_config(assets, tmp_path / fill, data={"masked_image_fill": fill})
+        trainer = Distiller(config, progress=False)
+        batch = next(iter(trainer._loader(0, 1)))
+        inputs[fill] = trainer._inputs(batch)[0]
+    latent = inputs["none"].shape[1] // 2  # x_t (C) | mask (1) | masked latent (C)
+    torch.testing.assert_close(inputs["telea"][:, : latent + 1], inputs["none"][:, : latent + 1])
+    assert not torch.allclose(inputs["telea"][:, latent + 1 :], inputs["none"][:, latent + 1 :])
+
+    cached = make_config(
+        assets, tmp_path / "cached", data={"cache": str(cache_dir), "masked_image_fill": "telea"}
+    )
+    with pytest.raises(ConfigError, match="hold 'none' in the hole but data.masked_image_fill"):
+        Distiller(cached, progress=False)
+    unknown = make_config(assets, tmp_path / "unknown", data={"masked_image_fill": "blur"})
+    with pytest.raises(ConfigError, match="masked_image_fill 'blur' is not one of none, telea"):
+        Distiller(unknown, progress=False)
+
+
 def test_pixelhacker_teacher_is_paired_by_model_type(assets, tmp_path, fixtures_dir):
     import json
 

@@ -818,6 +818,7 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
         f" decode {decoder['decode_seconds']:.2f} s.",
         f"- Teacher: PixelHacker-shaped (GLA UNet), task loss only, {stages['teacher']['steps']}"
         " steps.",
+        *_conditioning_lines(cfg),
         f"- Students: Moebius-shaped, {cfg['student_steps'] * cfg['scale']:.0f} steps each, seeds"
         f" {cfg['seeds']}: with the paper's distillation (KD) and task loss only (no-KD).",
         f"- Both LCG categories trained ({cfg['foreground_prob']:.0%} of samples labelled"
@@ -866,6 +867,20 @@ def write_report(result: dict, out: Path, docs: Path) -> Path:
     text = "\n".join(lines)
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
+
+
+def _conditioning_lines(cfg: dict) -> list[str]:
+    """The report's line on what the masked image holds in the hole (none for runs from before
+    the recipe chose)."""
+    fill = cfg.get("masked_image_fill", "none")
+    if fill == "none":
+        return []
+    method = {"telea": "Telea", "ns": "Navier–Stokes"}[fill]
+    return [
+        f"- Conditioning: every network (teacher and students, in training and sampling) sees"
+        f" the masked image with OpenCV {method}'s fill in the hole where the authors' model sees"
+        f" zero (`masked_image_fill: {fill}`, kept in the bundle's `pipeline.json`)."
+    ]
 
 
 def _precision_lines(stages: dict) -> list[str]:
@@ -1039,11 +1054,22 @@ def _add_to_last_invocation(out: Path, seconds: float, task: str) -> list[dict]:
 
 def wall_clock_text(result: dict) -> str:
     """The run's wall clock in words: one number for a run in one go, else each invocation's
-    minutes and what it ran."""
+    minutes and what it ran; tasks no invocation ran (their results copied in from an earlier
+    run of the same training recipe) are named as such."""
     invocations = result["invocations"]
+    tasks = [t.name for t in recipe_tasks(RecipeConfig(**result["config"]))] + ["eval"]
+    ran = {name for entry in invocations for name in entry["ran"]}
+    reused = [name for name in tasks if name not in ran]
+    span = "from the VAE to the report"
+    if reused:
+        span = (
+            f"for every task but {' and '.join(reused)}, whose results came from an earlier run"
+            " of the same training recipe (their own minutes below)"
+        )
+    minutes = f"{result['wall_seconds'] / 60:.0f} min {span}"
     if len(invocations) == 1:
-        return f"{result['wall_seconds'] / 60:.0f} min from the VAE to the report"
-    every = {t.name for t in recipe_tasks(RecipeConfig(**result["config"]))} | {"eval"}
+        return minutes
+    every = set(tasks)
 
     def what(ran: list[str]) -> str:
         if every <= set(ran):
@@ -1054,10 +1080,7 @@ def wall_clock_text(result: dict) -> str:
         return ", ".join(named + (["scoring"] if "eval" in ran else []))
 
     parts = [f"{entry['seconds'] / 60:.0f} min for {what(entry['ran'])}" for entry in invocations]
-    return (
-        f"{result['wall_seconds'] / 60:.0f} min from the VAE to the report over"
-        f" {len(invocations)} invocations ({'; then '.join(parts)})"
-    )
+    return f"{minutes} over {len(invocations)} invocations ({'; then '.join(parts)})"
 
 
 # Fields a run may change between invocations: where it writes, how many tasks run at once,
