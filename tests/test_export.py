@@ -23,6 +23,7 @@ from skimage import data
 
 import moebius
 from moebius.cli import main
+from moebius.compositing import prepare
 from moebius.errors import CheckpointError, InputError
 from moebius.export.exporter import ExportOptions, export_loaded, load_for_export
 from moebius.export.manifest import MANIFEST_FILE, read_manifest
@@ -33,7 +34,7 @@ from moebius.nn.export_forms import position_table
 from moebius.nn.fusion import set_export
 from moebius.nn.lambda_layers import resample_position_table
 from moebius.pipeline import MoebiusInpaintPipeline
-from moebius.settings import InpaintSettings
+from moebius.settings import InpaintSettings, Prefill
 
 SRC = Path(moebius.__file__).resolve().parent.parent
 
@@ -374,6 +375,44 @@ def test_inpainting_matches_pytorch_given_the_same_noise(exported, torch_pipe, s
         assert np.abs(a.astype(int) - b).max() <= 2
 
 
+def test_an_export_conditions_on_the_masked_image_fill_its_model_was_trained_with(
+    onnx_dir, torch_pipe, tmp_path
+):
+    """The manifest carries ``masked_image_fill`` and the runtime conditions on it as the
+    PyTorch pipeline does; an unknown value is a one-line error."""
+    assert read_manifest(onnx_dir).masked_image_fill == "none"
+    telea_dir = tmp_path / "telea"
+    shutil.copytree(onnx_dir, telea_dir)
+    manifest = json.loads((telea_dir / MANIFEST_FILE).read_text())
+    manifest["masked_image_fill"] = "telea"
+    (telea_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
+    exported = ExportedInpaintPipeline.from_exported(telea_dir, threads=1)
+    exported.set_progress_bar_config(disable=True)
+    assert exported.masked_image_fill is Prefill.TELEA
+    reference = MoebiusInpaintPipeline(torch_pipe.model, torch_pipe.vae, masked_image_fill="telea")
+    reference.set_progress_bar_config(disable=True)
+
+    image = Image.fromarray(data.astronaut()).resize((64, 64))
+    hole = np.zeros((64, 64), np.uint8)
+    hole[10:40, 20:50] = 255
+    settings = InpaintSettings(steps=3, seed=3, strength=1.0)
+    expected = reference(image, Image.fromarray(hole), settings=settings, output_type="np")
+    got = exported(image, Image.fromarray(hole), settings=settings, output_type="np",
+                   generator=TorchNoise(3))  # fmt: skip
+    assert np.abs(got.images[0].astype(int) - expected.images[0]).max() <= 2
+    # (the tiny random model hardly reacts to its condition: compare what it is given)
+    region = prepare(image, Image.fromarray(hole), settings, 64, exported.pixel_multiple)
+    pixels, holes = region.model_inputs()
+    conditioned = exported._masked_images([region], pixels, holes, Prefill.NONE)
+    np.testing.assert_array_equal(conditioned, region.model_inputs(Prefill.TELEA)[0])
+
+    manifest["masked_image_fill"] = "blur"
+    (telea_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="manifest settings") as error:
+        ExportedInpaintPipeline.from_exported(telea_dir, threads=1)
+    assert "\n" not in str(error.value)
+
+
 def test_seeds_are_numpy_streams(exported):
     image = Image.fromarray(data.astronaut()).resize((64, 64))
     hole = np.zeros((64, 64), np.uint8)
@@ -395,6 +434,7 @@ sys.modules["torch"] = None  # from here on, any import of torch fails
 from PIL import Image
 import moebius, moebius.pipeline
 from moebius.cli import main
+from moebius.compositing import prepare
 from moebius.pipeline import MoebiusInpaintPipeline
 
 photo, mask = Image.open("{tmp}/photo.png"), Image.open("{tmp}/mask.png")

@@ -19,7 +19,7 @@ from PIL import Image
 from moebius.compositing import prepare
 from moebius.export.runtime import ExportedInpaintPipeline
 from moebius.sampling import denoise, make_sampler
-from moebius.settings import InpaintSettings, SchedulerKind
+from moebius.settings import InpaintSettings, Prefill, SchedulerKind
 
 SCHEMA = "moebius-edge-quality/1"
 
@@ -72,8 +72,9 @@ def trajectory_start(reference, size: tuple[int, int], settings: InpaintSettings
 
     region = prepare(*test_photo(size), settings, min(size), reference.pixel_multiple)
     pixels, holes = region.model_inputs()
+    masked = reference._masked_images([region], pixels, holes, Prefill.NONE)
     with reference._inference():
-        masked = reference._encode(pixels * (1 - holes), [torch.Generator().manual_seed(0)])
+        masked = reference._encode(masked, [torch.Generator().manual_seed(0)])
     factor = reference.vae_scale_factor
     masked = _numpy(masked)
     return {
