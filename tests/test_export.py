@@ -542,6 +542,7 @@ def test_cli_exports_and_inpaints_the_demo_model_offline(tmp_path, monkeypatch, 
     )
     assert read_manifest(out).format == "onnx"
     assert read_manifest(out).settings["prefill"] == "telea"  # the demo's own defaults travel
+    assert read_manifest(out).masked_image_fill == "telea"  # and what it was trained to see
     image = Image.fromarray(data.coffee()).resize((200, 150))
     image.save(tmp_path / "in.jpg")
     mask = np.zeros((150, 200), np.uint8)
