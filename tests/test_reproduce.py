@@ -237,6 +237,9 @@ def test_a_run_resumes_only_under_the_training_recipe_it_started_with(
     error = capsys.readouterr().err.strip()
     assert "\n" not in error
     assert "started under another training recipe (scale 0.01 → 0.02)" in error
+    # What the masked image holds in the hole is part of the training recipe too.
+    assert reproduce("--scale", "0.01", "--masked-image-fill", "none") != 0
+    assert "(masked_image_fill telea → none)" in capsys.readouterr().err
     # A default written in code counts like a field: here the VAE trainer's learning rate.
     monkeypatch.setattr(vae_training, "train_vae", partial(vae_training.train_vae, lr=2e-3))
     assert reproduce("--scale", "0.01", photos="photos") != 0
