@@ -126,7 +126,9 @@ def test_masked_images_zero_the_hole_or_hold_opencvs_fill_of_it():
         torch.testing.assert_close(filled[~hole], images[~hole])  # outside: the photo
         # inside: a continuation of the surroundings, far nearer the photo than a zero hole
         assert (filled - images)[hole].abs().mean() < 0.5 * (zeroed - images)[hole].abs().mean()
-    with pytest.raises(ConfigError, match="masked_image_fill 'blur' is not one of"):
+    with pytest.raises(
+        ConfigError, match="masked_image_fill must be one of none, telea, ns, got 'blur'"
+    ):
         masked_images(images, masks, "blur")
 
 

@@ -429,7 +429,9 @@ def test_a_model_trained_on_opencv_filled_masked_images_is_conditioned_on_them(t
 
     manifest["masked_image_fill"] = "blur"
     (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match='"masked_image_fill" must be one of none, telea'):
+    with pytest.raises(
+        CheckpointError, match="masked_image_fill must be one of none, telea, ns, got 'blur'"
+    ):
         MoebiusInpaintPipeline.from_pretrained(tmp_path / "pipe")
 
 

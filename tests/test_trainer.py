@@ -304,7 +304,9 @@ def test_the_masked_image_fill_reaches_the_model_input_and_must_match_the_cache(
     with pytest.raises(ConfigError, match="hold 'none' in the hole but data.masked_image_fill"):
         Distiller(cached, progress=False)
     unknown = make_config(assets, tmp_path / "unknown", data={"masked_image_fill": "blur"})
-    with pytest.raises(ConfigError, match="masked_image_fill 'blur' is not one of none, telea"):
+    with pytest.raises(
+        ConfigError, match="masked_image_fill must be one of none, telea, ns, got 'blur'"
+    ):
         Distiller(unknown, progress=False)
 
 

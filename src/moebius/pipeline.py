@@ -26,7 +26,13 @@ from moebius.errors import CheckpointError, InputError
 from moebius.files import write_json
 from moebius.image_io import to_rgb
 from moebius.sampling import NoiseSchedule, Step, denoise, guided, initial_latents, make_sampler
-from moebius.settings import Category, InpaintSettings, PasteMode, Prefill
+from moebius.settings import (
+    Category,
+    InpaintSettings,
+    PasteMode,
+    Prefill,
+    parse_masked_image_fill,
+)
 from moebius.weights import DEFAULT_REPO, DEFAULT_VARIANT, PIPELINE_FILE, locate
 
 # VAE tiles kick in above this side (pixels); below it the VAE runs exactly as the authors'
@@ -402,7 +408,7 @@ class MoebiusInpaintPipeline(InpaintPipeline):
         self.schedule = schedule if schedule is not None else NoiseSchedule()
         if default_settings is not None:
             self.default_settings = default_settings.validate()
-        self.masked_image_fill = Prefill(masked_image_fill)
+        self.masked_image_fill = parse_masked_image_fill(masked_image_fill)
         self.vae_scale_factor = vae_scale_factor(vae)
         self._progress_config = {}
 

@@ -60,6 +60,18 @@ class Prefill(str, Enum):
     NS = "ns"
 
 
+def parse_masked_image_fill(value: "Prefill | str", error: type[Exception] = InputError) -> Prefill:
+    """What a trained model's masked image holds in the hole (``none``, ``telea`` or ``ns``: see
+    :attr:`moebius.pipeline.InpaintPipeline.masked_image_fill`); anything else raises ``error``
+    in one line."""
+    try:
+        return Prefill(value)
+    except ValueError:
+        raise error(
+            f"masked_image_fill must be one of {_choices(Prefill)}, got {value!r}"
+        ) from None
+
+
 class SchedulerKind(str, Enum):
     DDIM = "ddim"
     DPM_SOLVER = "dpm++"

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moebius.errors import CheckpointError
-from moebius.settings import Prefill
+from moebius.errors import CheckpointError, InputError
+from moebius.settings import Prefill, parse_masked_image_fill
 
 PIPELINE_FILE = "pipeline.json"
 AUTHORS_WEIGHTS = "diffusion_pytorch_model.bin"
@@ -51,7 +51,7 @@ class WeightsLocation:
     model_config: str | None = None
     scheduler_dir: Path | None = None
     settings: dict = field(default_factory=dict)  # the model's own inpainting defaults
-    masked_image_fill: str = "none"  # what the trained model's masked image holds in the hole
+    masked_image_fill: Prefill = Prefill.NONE  # what the trained model's masked image holds
 
 
 def _preset_for(name: str, override: str | None) -> str:
@@ -103,9 +103,10 @@ def _manifest_fields(manifest: Path) -> dict:
         raise CheckpointError(f"cannot read {manifest}: {exc}") from None
     if not isinstance(settings, dict):
         raise CheckpointError(f'{manifest}: "settings" must be an object of setting values')
-    if fill not in {p.value for p in Prefill}:
-        choices = ", ".join(p.value for p in Prefill)
-        raise CheckpointError(f'{manifest}: "masked_image_fill" must be one of {choices}')
+    try:
+        fill = parse_masked_image_fill(fill)
+    except InputError as exc:
+        raise CheckpointError(f"{manifest}: {exc}") from None
     return {"settings": settings, "masked_image_fill": fill}
 
 

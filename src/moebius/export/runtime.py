@@ -28,7 +28,7 @@ from moebius.export.manifest import (
 )
 from moebius.pipeline import InpaintPipeline
 from moebius.sampling import NoiseSchedule, guided
-from moebius.settings import Category, InpaintSettings, Prefill
+from moebius.settings import Category, InpaintSettings, parse_masked_image_fill
 
 RUNTIMES = ("onnxruntime", "openvino")
 # the compute precisions a runtime offers on the CPU, by --dtype name
@@ -144,8 +144,8 @@ class ExportedInpaintPipeline(InpaintPipeline):
         self.schedule = NoiseSchedule.from_config(manifest.scheduler)
         try:
             self.default_settings = InpaintSettings.from_mapping(manifest.settings)
-            self.masked_image_fill = Prefill(manifest.masked_image_fill)
-        except (InputError, ValueError) as exc:
+            self.masked_image_fill = parse_masked_image_fill(manifest.masked_image_fill)
+        except InputError as exc:
             raise CheckpointError(f"{manifest.directory}: manifest settings: {exc}") from None
         self.vae_scale_factor = manifest.vae_scale_factor
         self._progress_config = {}

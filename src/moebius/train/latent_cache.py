@@ -40,7 +40,7 @@ from moebius.errors import ConfigError, InputError
 from moebius.files import atomic_write
 from moebius.models.lcg import category_ids
 from moebius.nn.adopt import adopt
-from moebius.settings import Prefill
+from moebius.settings import Prefill, parse_masked_image_fill
 from moebius.train.data import MaskSampler, Record, _open, random_crop, sample_rng
 
 FORMAT = "moebius-latent-cache"
@@ -66,20 +66,11 @@ def sample_latents(
     return (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise) * scaling_factor
 
 
-def masked_image_method(fill: str) -> Prefill:
-    """``fill`` (``none``, ``telea`` or ``ns``) as a :class:`~moebius.settings.Prefill`."""
-    try:
-        return Prefill(fill)
-    except ValueError:
-        choices = ", ".join(p.value for p in Prefill)
-        raise ConfigError(f"masked_image_fill {fill!r} is not one of {choices}") from None
-
-
 def masked_images(images: torch.Tensor, masks: torch.Tensor, fill: str = "none") -> torch.Tensor:
     """The images (B, 3, H, W) in [−1, 1] a model is conditioned on: the hole (``masks`` (B, 1,
     H, W), 1 = hole) zeroed, or with ``fill`` (``telea``/``ns``) holding OpenCV's fill of it
     computed on the 8-bit pixels, as the pipeline does at inference."""
-    method = masked_image_method(fill)
+    method = parse_masked_image_fill(fill, ConfigError)
     if method is Prefill.NONE:
         return images * (1 - masks)
     pixels = ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -118,7 +109,7 @@ def write_latent_cache(
     is adopted (:func:`moebius.nn.adopt.adopt`, in place: same weights and results) and fed
     channels-last batches, so it runs on the kernels fastest on this machine; PyTorch's own
     GroupNorm would lose precision on channels-last maps, the adopted one does not."""
-    masked_image_method(masked_image_fill)
+    parse_masked_image_fill(masked_image_fill, ConfigError)
     vae = adopt(vae)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from moebius.models.kd_pairs import coarse_kd_blocks
 from moebius.models.lcg import category_ids
 from moebius.nn.initialisation import STUDENT_INITS, start_near_identity
 from moebius.sampling import NoiseSchedule
+from moebius.settings import parse_masked_image_fill
 from moebius.train.config import TrainConfig
 from moebius.train.data import (
     InpaintingDataset,
@@ -55,7 +56,6 @@ from moebius.train.latent_cache import (
     LatentCache,
     encode_moments,
     latent_mask,
-    masked_image_method,
     masked_images,
     sample_latents,
 )
@@ -399,7 +399,7 @@ class Distiller:
 
     def _build_data(self) -> None:
         cfg, d, run = self.config, self.config.data, self.config.train
-        masked_image_method(d.masked_image_fill)
+        parse_masked_image_fill(d.masked_image_fill, ConfigError)
         if d.cache:
             self.dataset = LatentCache(d.cache, seed=cfg.seed)
             if self.dataset.index["image_size"] != cfg.image_size:
