@@ -27,10 +27,12 @@ from moebius.nn.kernels import (
     GLA_ENGINES,
     GROUP_NORM_ENGINES,
     LINEAR_ENGINES,
+    SMALL_PRODUCT_ENGINES,
     WINDOW_ENGINES,
     GatedDepthwise,
     GroupNormCall,
     LinearAttention,
+    SmallProducts,
     WindowContraction,
 )
 
@@ -154,21 +156,25 @@ def fused_student():
 
 
 @pytest.mark.parametrize("engine", list(WINDOW_ENGINES))
-@pytest.mark.parametrize("height", [3, 4])  # 21 positions: two bands and 5 alone; 32: four bands
+@pytest.mark.parametrize(
+    "height", [3, 4]
+)  # padded grids of 27 (three bands, 3 alone) and 40 (five)
 def test_every_window_engine_computes_the_local_window_sum(engine, height):
+    """On image positions: position (row, x)'s window starts at value row row·wide + x."""
     b, heads, k, v, r = 2, 3, 4, 5, 3
-    width, pad = 5 if height == 3 else 6, 1
+    width, pad = 7 if height == 3 else 8, 1
     wide = width + 2 * pad
-    n = height * wide
+    n = height * width
     generator = torch.Generator().manual_seed(5)
     q = torch.randn(b, n, heads, k, generator=generator)
     bank = torch.randn(k, r * r, generator=generator)
     values = torch.randn(b, (height + 2 * pad + 1) * wide, v, generator=generator)
+    corners = torch.tensor([row * wide + x for row in range(height) for x in range(width)])
     expected = torch.zeros(b, n, heads, v)
     for dy in range(r):
         for dx in range(r):
             taps = q @ bank[:, dy * r + dx]  # (b, n, heads)
-            shifted = values[:, dy * wide + dx : dy * wide + dx + n]  # (b, n, v)
+            shifted = values[:, corners + dy * wide + dx]  # (b, n, v)
             expected += taps[..., None] * shifted[:, :, None, :]
     window = WindowContraction(q, bank, values, torch.zeros(b, n, heads, v), wide, r)
     got = WINDOW_ENGINES[engine](replace(window, linear=lambda x, w, source=None: F.linear(x, w)))
@@ -202,9 +208,11 @@ def test_every_gated_depthwise_engine_computes_mixffns_middle(engine, dtype):
 @pytest.mark.parametrize("engine", list(GROUP_NORM_ENGINES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("activation", [None, "silu"])
-def test_every_group_norm_engine_is_exact_with_large_offsets(engine, dtype, activation):
+@pytest.mark.parametrize("with_added", [False, True], ids=["x", "x+added"])
+def test_every_group_norm_engine_is_exact_with_large_offsets(engine, dtype, activation, with_added):
     """Against the module in float64 on a map whose groups sit far from zero (where a one-pass
-    E[x²] − E[x]² variance loses its digits), channels of 16 + 4 lanes."""
+    E[x²] − E[x]² variance loses its digits), channels of 16 + 4 lanes; with a value per image
+    and channel added before the norm (the time embedding of a residual block)."""
     generator = torch.Generator().manual_seed(9)
     norm = torch.nn.GroupNorm(4, 40)
     with torch.no_grad():
@@ -212,10 +220,13 @@ def test_every_group_norm_engine_is_exact_with_large_offsets(engine, dtype, acti
         norm.bias.copy_(torch.randn(40, generator=generator))
     x = torch.randn(2, 40, 5, 7, generator=generator) + 300.0
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    expected = copy.deepcopy(norm).double()(x.double())
+    added = 3 * torch.randn(2, 40, generator=generator) if with_added else None
+    shifted = x.double() if added is None else x.double() + added.double()[:, :, None, None]
+    expected = copy.deepcopy(norm).double()(shifted)
     expected = expected if activation is None else F.silu(expected)
     with torch.inference_mode():
-        got = GROUP_NORM_ENGINES[engine](GroupNormCall(x, norm.to(dtype), activation))
+        call = GroupNormCall(x, norm.to(dtype), activation, added)
+        got = GROUP_NORM_ENGINES[engine](call)
     assert got.is_contiguous(memory_format=torch.channels_last)
     _close(got, expected.to(dtype), dtype)
 
@@ -234,6 +245,7 @@ def test_every_engine_gives_the_student_the_same_output(fused_student, dtype):
             *WINDOW_ENGINES,
             *GATED_DEPTHWISE_ENGINES,
             *GROUP_NORM_ENGINES,
+            *SMALL_PRODUCT_ENGINES,
         ):
             with engines.use(engine):
                 outputs[engine] = model(x, torch.tensor([500]), ids).sample.float()
@@ -243,6 +255,34 @@ def test_every_engine_gives_the_student_the_same_output(fused_student, dtype):
         error = (out - reference).abs().max() / scale
         # float32: rounding; bfloat16: a few of its rounding steps through the network
         assert error <= (1e-5 if dtype == torch.float32 else 5e-2), engine
+
+
+@pytest.mark.parametrize("engine", list(SMALL_PRODUCT_ENGINES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_start", [False, True], ids=["bmm", "baddbmm"])
+def test_every_small_product_engine_computes_bmm(engine, dtype, with_start):
+    generator = torch.Generator().manual_seed(9)
+    a = torch.randn(2, 70, 12, generator=generator).to(dtype)
+    b = torch.randn(2, 12, 50, generator=generator).to(dtype)
+    start = torch.randn(2, 70, 50, generator=generator).to(dtype) if with_start else None
+    expected = a.double() @ b.double() + (0 if start is None else start.double())
+    with torch.inference_mode():
+        got = SMALL_PRODUCT_ENGINES[engine](SmallProducts(a, b, start))
+    _close(got, expected.to(dtype), dtype)
+
+
+def test_small_products_are_tuned_cached_and_used(tuning):
+    a, b = torch.randn(2, 4096, 40), torch.randn(2, 40, 40)
+    start = torch.randn(2, 4096, 40)
+    expected = torch.baddbmm(start, a, b)
+    with torch.inference_mode():
+        _close(engines.small_products(a, b, start.clone()), expected, torch.float32)
+    ((key, entry),) = json.loads(engines.cache_path().read_text())["choices"].items()
+    assert key == "products float32 2x4096x40x40 start"
+    assert set(entry["ms"]) == set(SMALL_PRODUCT_ENGINES)
+    assert entry["engine"] == min(entry["ms"], key=entry["ms"].get)
+    with engines.use(next(iter(set(SMALL_PRODUCT_ENGINES) - {entry["engine"]}))):
+        _close(engines.small_products(a, b, start.clone()), expected, torch.float32)
 
 
 def test_the_tuned_choice_is_timed_once_cached_and_used(tuning):

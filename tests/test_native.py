@@ -2,8 +2,9 @@
 Local-λ's window sum in every code path (the AVX-512 float32 and AVX-512 BF16 register kernels
 for 8 heads, whole and partial 16-lane vectors, odd and even windows; plain loops otherwise),
 the gated depthwise kernel MixFFN's middle at every map edge, the group norm the module's
-result with exact statistics, in the AVX-512 code and in the portable loops of a build without
-it; none is chosen where it cannot be built."""
+result with exact statistics, the small products batches of skinny matrix products (partial
+tiles, odd inputs), in the AVX-512 code and in the portable loops of a build without it; none
+is chosen where it cannot be built."""
 
 import copy
 import os
@@ -25,14 +26,17 @@ pytestmark = pytest.mark.skipif(
 
 
 def _window_sum(q, bank, values, y, wide, r):
-    """The contraction term by term, in float64 from the same inputs."""
-    n = q.shape[1]
+    """The contraction term by term, in float64 from the same inputs: image position (row, x)
+    has its window's corner at value row row·wide + x."""
+    b, n, heads, _ = q.shape
+    width = wide - r + 1
+    corners = torch.tensor([row * wide + x for row in range(n // width) for x in range(width)])
     out = y.double().clone()
     taps = q.double() @ bank.double()  # (b, n, heads, r·r)
     for dy in range(r):
         for dx in range(r):
-            start = dy * wide + dx
-            out += taps[..., dy * r + dx, None] * values.double()[:, start : start + n, None, :]
+            rows = values.double()[:, corners + dy * wide + dx]  # (b, n, v)
+            out += taps[..., dy * r + dx, None] * rows[:, :, None, :]
     return out
 
 
@@ -44,17 +48,19 @@ def _window_sum(q, bank, values, y, wide, r):
         (8, 16, 5),  # one whole vector
         (8, 56, 4),  # a block of 48 columns and one of 8; an even window
         (8, 80, 7),  # 48 + 32
+        (8, 6, 3),  # one partial vector; k = 6: the taps' pairs of inputs
+        (8, 5, 3),  # an odd k: bfloat16's taps from the library's product
         (3, 5, 3),  # not 8 heads: the plain loops
     ],
 )
 def test_the_native_kernel_computes_the_window_sum(dtype, heads, v, r):
-    b, height, width = 2, 5, 7  # 5 · (7 + r − 1) positions: several 32-position blocks and a tail
+    b, height, width = 2, 5, 31  # 155 positions per image: a 128-position block and a tail
     wide = width + r - 1
-    n = height * wide
+    n = height * width
     generator = torch.Generator().manual_seed(11)
     q = torch.randn(b, n, heads, v, generator=generator).to(dtype)
     bank = (torch.randn(v, r * r, generator=generator) / v**0.5).to(dtype)
-    values = torch.randn(b, n + (r - 1) * (wide + 1), v, generator=generator).to(dtype)
+    values = torch.randn(b, (height + r) * wide, v, generator=generator).to(dtype)
     y = torch.randn(b, n, heads, v, generator=generator).to(dtype)
     expected = _window_sum(q, bank, values, y, wide, r)
     native_module.native().window_contraction(q, bank, values, y, wide, r)
@@ -63,10 +69,44 @@ def test_the_native_kernel_computes_the_window_sum(dtype, heads, v, r):
 
 
 def test_the_native_kernel_refuses_windows_past_the_values():
-    q, bank = torch.zeros(1, 20, 8, 4), torch.zeros(4, 9)
-    values, y = torch.zeros(1, 20, 4), torch.zeros(1, 20, 8, 4)
+    q, bank = torch.zeros(1, 16, 8, 4), torch.zeros(4, 9)  # 2 rows of 8 on a 10-wide grid
+    values, y = torch.zeros(1, 30, 4), torch.zeros(1, 16, 8, 4)
     with pytest.raises(RuntimeError, match="reach past the value rows"):
         native_module.native().window_contraction(q, bank, values, y, 10, 3)
+    with pytest.raises(RuntimeError, match="whole rows"):
+        native_module.native().window_contraction(q[:, :12], bank, values, y[:, :12], 10, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize(
+    ("batch", "rows", "k", "n"),
+    [
+        (2, 300, 40, 40),  # four 64-row bands and one of 44 rows (a partial tile of 4)
+        (3, 37, 5, 7),  # an odd k: bfloat16's last input alone; one partial vector
+        (2, 77, 160, 160),  # three 48-column tiles and one of 16
+        (50, 8, 40, 10),  # many products of one tile each
+    ],
+)
+def test_the_native_kernel_computes_small_products(dtype, accumulate, batch, rows, k, n):
+    generator = torch.Generator().manual_seed(13)
+    a = torch.randn(batch, rows, k, generator=generator).to(dtype)
+    b = torch.randn(batch, k, n, generator=generator).to(dtype)
+    out = torch.randn(batch, rows, n, generator=generator).to(dtype)
+    expected = (out.double() if accumulate else 0) + a.double() @ b.double()
+    native_module.native().small_products(a, b, out, accumulate)
+    assert _relative_error(out, expected) <= (1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_the_small_products_kernel_refuses_mismatched_operands():
+    a, b, out = torch.zeros(2, 10, 4), torch.zeros(2, 4, 6), torch.zeros(2, 10, 6)
+    with pytest.raises(RuntimeError, match="disagree in shape"):
+        native_module.native().small_products(a, b[:, :3], out, False)
+    with pytest.raises(RuntimeError, match="share one dtype"):
+        native_module.native().small_products(a, b.double(), out, False)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        columns = torch.zeros(2, 4, 10).transpose(1, 2)  # a's shape, not its layout
+        native_module.native().small_products(columns, b, out, False)
 
 
 def _gated_depthwise(h, weight, bias, height, width):
@@ -78,8 +118,10 @@ def _gated_depthwise(h, weight, bias, height, width):
     return value * torch.nn.functional.silu(gate)
 
 
-def _group_norm(x, norm, silu):
-    """The module (then SiLU) in float64 from the same inputs."""
+def _group_norm(x, norm, silu, added=None):
+    """The module on x + added (then SiLU) in float64 from the same inputs."""
+    if added is not None:
+        x = x.double() + added.double()[:, :, None, None]
     expected = copy.deepcopy(norm).double()(x.double())
     return torch.nn.functional.silu(expected) if silu else expected
 
@@ -123,9 +165,11 @@ def test_the_gated_depthwise_kernel_refuses_mismatched_shapes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("silu", [False, True])
-def test_the_native_group_norm_matches_the_module(dtype, silu):
+@pytest.mark.parametrize("with_added", [False, True], ids=["x", "x+added"])
+def test_the_native_group_norm_matches_the_module(dtype, silu, with_added):
     """Groups of 20 channels (a whole vector and 4 lanes), more pixels than one statistics chunk
-    (so several threads' partial sums meet), a mean of 50 against a spread of 2."""
+    (so several threads' partial sums meet), a mean of 50 against a spread of 2; a value per
+    image and channel added first moves some channels' means by up to ±20."""
     generator = torch.Generator().manual_seed(13)
     norm = torch.nn.GroupNorm(3, 60, eps=1e-5)
     with torch.no_grad():
@@ -133,8 +177,9 @@ def test_the_native_group_norm_matches_the_module(dtype, silu):
         norm.bias.copy_(torch.randn(60, generator=generator))
     x = 2 * torch.randn(2, 60, 23, 29, generator=generator) + 50
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    expected = _group_norm(x, norm, silu)
-    got = native_module.native().group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu)
+    added = 7 * torch.randn(2, 60, generator=generator) if with_added else None
+    expected = _group_norm(x, norm, silu, added)
+    got = native_module.native().group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu, added)
     assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
     assert _relative_error(got, expected) <= (1e-6 if dtype == torch.float32 else 1e-2)
 
@@ -148,6 +193,8 @@ def test_the_native_group_norm_refuses_what_it_cannot_normalise():
         native_module.native().group_norm(x, weight, bias, 4, 1e-5, False)
     with pytest.raises(RuntimeError, match="per channel"):
         native_module.native().group_norm(x, torch.ones(3), bias, 3, 1e-5, False)
+    with pytest.raises(RuntimeError, match="per image and channel"):
+        native_module.native().group_norm(x, weight, bias, 3, 1e-5, False, torch.zeros(5))
 
 
 # A fresh process builds the kernels without AVX-512 (x86-64-v3: AVX2 and FMA) and checks the
@@ -158,7 +205,7 @@ import sys, torch
 from torch.utils import cpp_extension
 from moebius.nn.native import SOURCES
 sys.path.insert(0, sys.argv[1])
-from test_native import _gated_depthwise, _group_norm, _relative_error
+from test_native import _gated_depthwise, _group_norm, _relative_error, _window_sum
 cpp_extension.load(name="moebius_portable_check", sources=[str(s) for s in SOURCES],
                    extra_cflags=["-O2", "-march=x86-64-v3", "-fopenmp"],
                    extra_ldflags=["-fopenmp"], is_python_module=False)
@@ -181,6 +228,15 @@ for dtype in (torch.float32, torch.bfloat16):
     for silu in (False, True):
         got = ops.group_norm(x, norm.weight, norm.bias, 3, norm.eps, silu)
         worst[dtype] = max(worst[dtype], _relative_error(got, _group_norm(x, norm, silu)))
+    a, b, out = randn(3, 37, 5).to(dtype), randn(3, 5, 7).to(dtype), randn(3, 37, 7).to(dtype)
+    expected = out.double() + a.double() @ b.double()
+    ops.small_products(a, b, out, True)
+    worst[dtype] = max(worst[dtype], _relative_error(out, expected))
+    q, bank, values = randn(2, 35, 8, 6), randn(6, 9) / 3, randn(2, 8 * 9, 6)
+    q, bank, values, y = q.to(dtype), bank.to(dtype), values.to(dtype), randn(2, 35, 8, 6).to(dtype)
+    expected = _window_sum(q, bank, values, y, 9, 3)
+    ops.window_contraction(q, bank, values, y, 9, 3)
+    worst[dtype] = max(worst[dtype], _relative_error(y, expected))
 print(worst[torch.float32], worst[torch.bfloat16])
 """
 
@@ -215,9 +271,9 @@ try:
     native.native()
 except native.NativeUnavailable as error:
     print("refused:", error)
-b, n, heads, k, r, wide = 1, 16 * 30, 8, 40, 15, 30
+b, n, heads, k, r, wide = 1, 16 * 30, 8, 40, 15, 30  # 30 rows of 16 on a 30-wide grid
 c = WindowContraction(torch.randn(b, n, heads, k), torch.randn(k, r * r),
-                      torch.randn(b, n + r * (wide + 1), k), torch.zeros(b, n, heads, k), wide, r)
+                      torch.randn(b, 45 * wide, k), torch.zeros(b, n, heads, k), wide, r)
 with torch.inference_mode():
     engines.window_contraction(c)
 (entry,) = [e for key, e in engines.table().choices.items() if key.startswith("window")]
@@ -237,11 +293,11 @@ def test_tuning_times_the_native_kernel_beside_the_others(tmp_path, monkeypatch)
 
     monkeypatch.setenv(engines.MODE_ENV, "tune")
     monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path))
-    b, n, heads, k, r, wide = 1, 16 * 30, 8, 40, 15, 30
+    b, n, heads, k, r, wide = 1, 16 * 30, 8, 40, 15, 30  # 30 rows of 16 on a 30-wide grid
     c = WindowContraction(
         torch.randn(b, n, heads, k),
         torch.randn(k, r * r),
-        torch.randn(b, n + r * (wide + 1), k),
+        torch.randn(b, 45 * wide, k),
         torch.zeros(b, n, heads, k),
         wide,
         r,

@@ -72,7 +72,8 @@ class DWResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(group_norm(x, self.norm1, activation="silu"))
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(group_norm(h, self.norm2, activation="silu"))
+        # h + the time embedding feeds norm2 alone: the norm adds it in its own passes.
+        time = self.time_emb_proj(F.silu(temb))
+        h = self.conv2(group_norm(h, self.norm2, activation="silu", added=time))
         shortcut = x if self.conv_shortcut is None else conv2d(x, self.conv_shortcut)
         return shortcut + h

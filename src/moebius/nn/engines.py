@@ -42,12 +42,14 @@ from moebius.nn.kernels import (
     GLA_ENGINES,
     GROUP_NORM_ENGINES,
     LINEAR_ENGINES,
+    SMALL_PRODUCT_ENGINES,
     WINDOW_ENGINES,
     Convolution,
     GatedDepthwise,
     GroupNormCall,
     LinearAttention,
     Product,
+    SmallProducts,
     WindowContraction,
 )
 from moebius.nn.native import native_status
@@ -55,8 +57,8 @@ from moebius.nn.native import native_status
 MODE_ENV = "MOEBIUS_ENGINES"
 CACHE_ENV = "MOEBIUS_ENGINE_CACHE"
 # /1 timed products on at most 2048 rows; /2 knew no banded window contraction; /3 no native
-# one; /4 no native gated depthwise or group norm
-SCHEMA = "moebius-engines/5"
+# one; /4 no native gated depthwise or group norm; /5 window contractions over padded rows
+SCHEMA = "moebius-engines/6"
 DEFAULT = "aten"
 # Below this many FLOPs a kernel's choice is lost in call overheads and timing noise.
 TUNE_MIN_FLOPS = 1 << 24
@@ -69,8 +71,10 @@ TUNE_MIN_ELEMENTS = 1 << 18
 TUNE_MAX_ROWS = 16384
 TUNE_ROUNDS = 3
 TUNE_MAX_CONV_FLOPS = 1 << 33
-# After one timed round, engines this many times slower than the fastest are not timed again.
+# After two timed rounds, engines this many times slower than the fastest are not timed again
+# (after one, a single slow first call, 2.2× its usual time, once dropped the fastest engine).
 TUNE_DROP = 2.0
+TUNE_ROUNDS_BEFORE_DROP = 2
 # Largest deviation from PyTorch's own kernel an engine may show on the tuning data, relative
 # to the result's largest magnitude: far above rounding, far below a wrong result.
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
@@ -87,6 +91,7 @@ ENGINE_NAMES = (
     *GATED_DEPTHWISE_ENGINES,
     *GROUP_NORM_ENGINES,
     *GLA_ENGINES,
+    *SMALL_PRODUCT_ENGINES,
 )
 
 _override = threading.local()
@@ -220,10 +225,10 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _time(runs: dict[str, Callable[[], torch.Tensor]]) -> dict[str, float]:
     """Best of a few interleaved calls of each (already warm) run, in milliseconds; runs far
-    behind after the first round are left at that time."""
+    behind after the first rounds are left at that time."""
     best = dict.fromkeys(runs, float("inf"))
     for round_ in range(TUNE_ROUNDS):
-        if round_ == 1:
+        if round_ == TUNE_ROUNDS_BEFORE_DROP:
             fastest = min(best.values())
             runs = {name: run for name, run in runs.items() if best[name] <= TUNE_DROP * fastest}
         for name, run in runs.items():
@@ -461,6 +466,43 @@ def window_contraction(c: WindowContraction) -> torch.Tensor:
     return _run(WINDOW_ENGINES, name, c)
 
 
+# ---------------------------------------------------------------------- skinny products
+def small_products(
+    a: torch.Tensor, b: torch.Tensor, start: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``torch.bmm(a, b)``, or ``start + a·b`` (``torch.baddbmm``) when ``start`` is given, on the
+    formulation fastest here for the shape and dtype (see
+    :class:`moebius.nn.kernels.SmallProducts`). ``start`` is consumed: it may hold the result."""
+    batch, rows, k = a.shape
+    n = b.shape[-1]
+    call = SmallProducts(a, b, start)
+    if not _eligible(a, b) or (2 * batch * rows * k * n < TUNE_MIN_FLOPS and mode() == "tune"):
+        return SMALL_PRODUCT_ENGINES["aten"](call)
+    dtype = a.dtype
+    key = (
+        f"products {str(dtype).removeprefix('torch.')} {batch}x{rows}x{k}x{n}"
+        f"{' start' if start is not None else ''}"
+    )
+
+    def calls() -> dict[str, Callable[[], torch.Tensor]]:
+        sample_a = _random_like(a.shape, dtype)
+        sample_b = _random_like(b.shape, dtype, k**-0.5)
+        sample_start = None if start is None else _random_like(start.shape, dtype)
+
+        # Every call from the same start: a copy, as an engine may write into it (the copy adds
+        # the same time to each engine).
+        def fresh() -> torch.Tensor | None:
+            return None if sample_start is None else sample_start.clone()
+
+        return {
+            name: (lambda run=run: run(SmallProducts(sample_a, sample_b, fresh())))
+            for name, run in SMALL_PRODUCT_ENGINES.items()
+        }
+
+    name = _choose(key, dtype, SMALL_PRODUCT_ENGINES, calls)
+    return _run(SMALL_PRODUCT_ENGINES, name, call)
+
+
 # ---------------------------------------------------------------------- MixFFN's gated depthwise
 def gated_depthwise(h: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
     """``value · silu(gate)`` of the depthwise 3×3 ``conv`` of (b, height·width, 2C) tokens
@@ -485,10 +527,18 @@ def gated_depthwise(h: torch.Tensor, conv: nn.Conv2d, size: tuple[int, int]) -> 
 
 
 # ---------------------------------------------------------------------- group norms
-def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = None) -> torch.Tensor:
-    """``activation(norm(x))`` for a channels-last map ``x`` (see
-    :class:`moebius.nn.kernels.GroupNormCall`), on the formulation fastest here."""
-    call = GroupNormCall(x, norm, activation)
+def group_norm(
+    x: torch.Tensor,
+    norm: nn.GroupNorm,
+    activation: str | None = None,
+    added: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``activation(norm(x + added))`` for a channels-last map ``x`` and ``added`` (b, c),
+    (1, c) for every image alike, or None (see :class:`moebius.nn.kernels.GroupNormCall`), on
+    the formulation fastest here."""
+    if added is not None:
+        added = added.expand(x.shape[0], x.shape[1])
+    call = GroupNormCall(x, norm, activation, added)
     default = next(iter(GROUP_NORM_ENGINES))
     small = x.numel() < TUNE_MIN_ELEMENTS and mode() == "tune"
     if small or norm.weight is None or not _eligible(x, norm.weight):
@@ -496,7 +546,7 @@ def group_norm(x: torch.Tensor, norm: nn.GroupNorm, activation: str | None = Non
     b, c, h, w = x.shape
     key = (
         f"group-norm {str(x.dtype).removeprefix('torch.')} {b}x{c}x{h}x{w} g{norm.num_groups}"
-        f"{' ' + activation if activation else ''}"
+        f"{' ' + activation if activation else ''}{' added' if added is not None else ''}"
     )
 
     def calls() -> dict[str, Callable[[], torch.Tensor]]:

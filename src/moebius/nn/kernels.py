@@ -22,7 +22,9 @@ banded) and ``native-windows``, Moebius's own C++ kernel, compiled for the CPU o
 depthwise convolution: ``separate-gating`` (the convolution, then SiLU and product in PyTorch)
 or ``native-gating`` (one C++ pass). GroupNorm (and a SiLU after it) on channels-last maps:
 ``centred-group-norm`` (PyTorch's kernel on a centred map) or ``native-group-norm`` (C++, two
-passes).
+passes). Batches of skinny products (thousands of rows against a few dozen to a few hundred
+inputs and outputs: the lambda layers' content products): ``aten`` (``torch.bmm``) or
+``native-products`` (C++ register tiles).
 
 The packed engines call PyTorch's ``torch.ops.mkldnn`` / ``torch.ops.mkl`` operators (the ones
 ``torch.compile`` emits on CPU); builds without them simply never pick those engines. A
@@ -32,7 +34,7 @@ fuse it do in the same pass.
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -271,13 +273,15 @@ CONV_ENGINES: dict[str, Callable[[Convolution], torch.Tensor]] = {
 # ---------------------------------------------------------------------- window contractions
 @dataclass(frozen=True)
 class WindowContraction:
-    """``y[i, n] += Σ_{dy,dx} (q[i, n] · bank[:, dy·r + dx]) · values[i, n + dy·wide + dx]``.
+    """``y[i, n] += Σ_{dy,dx} (q[i, n] · bank[:, dy·r + dx]) · values[i, m(n) + dy·wide + dx]``.
 
-    Positions n lie on a grid ``wide`` columns wide (the image plus padding columns); the heads'
-    queries q[i, n] (heads, k) against the kernel bank (k, r·r) give r×r taps per head, which
-    weight the r×r neighbourhood of value rows around n. ``values`` (b, rows, v) holds the
-    padded value grid flattened, with at least r spare rows at the end; ``y`` (b, n, heads, v)
-    is accumulated in place. ``source``: the parameter the bank is a view of (for packing)."""
+    Positions n run over the image row-major, ``width = wide − r + 1`` columns; the values lie on
+    the image padded to ``wide`` columns (and by r // 2 rows above), so that the window of
+    position n = y·width + x starts at value row m(n) = y·wide + x. The heads' queries
+    q[i, n] (heads, k) against the kernel bank (k, r·r) give r×r taps per head, which weight the
+    r×r neighbourhood of value rows. ``values`` (b, rows, v) holds the padded value grid
+    flattened, with at least r spare rows at the end; ``y`` (b, n, heads, v) is accumulated in
+    place. ``source``: the parameter the bank is a view of (for packing)."""
 
     q: torch.Tensor
     bank: torch.Tensor
@@ -287,6 +291,29 @@ class WindowContraction:
     r: int
     source: torch.Tensor | None = None
     linear: Callable | None = None  # the product to use: moebius.nn.engines.linear
+
+
+def _on_padded_grid(
+    run: Callable[[WindowContraction], torch.Tensor],
+) -> Callable[[WindowContraction], torch.Tensor]:
+    """A formulation written for positions on the padded grid (each kernel row's value rows at
+    one stride from every position), run on image positions: q and y widened by the padding
+    columns (zeros) and the image's columns of y copied back."""
+
+    def on_image(c: WindowContraction) -> torch.Tensor:
+        b, n, heads, k = c.q.shape
+        width = c.wide - c.r + 1
+        spare = c.wide - width
+
+        def widened(x: torch.Tensor) -> torch.Tensor:
+            rows = F.pad(x.reshape(b, n // width, width, -1), (0, 0, 0, spare))
+            return rows.reshape(b, -1, heads, x.shape[-1])
+
+        y = run(replace(c, q=widened(c.q), y=widened(c.y)))
+        return c.y.copy_(y.reshape(b, n // width, c.wide, -1)[:, :, :width].reshape(c.y.shape))
+
+    on_image.__doc__ = run.__doc__
+    return on_image
 
 
 def _strided_windows(c: WindowContraction) -> torch.Tensor:
@@ -361,17 +388,18 @@ def _banded_windows(c: WindowContraction) -> torch.Tensor:
 
 
 def _native_windows(c: WindowContraction) -> torch.Tensor:
-    """Moebius's C++ kernel (:mod:`moebius.nn.native`): per block of positions, the taps from
-    one product, then each position's window sum with its heads' outputs held in registers,
-    without the thousands of small products. Raises where the kernel could not be built."""
+    """Moebius's C++ kernel (:mod:`moebius.nn.native`): per block of image positions, the taps
+    from one product, then each position's window sum with its heads' outputs held in
+    registers, without the thousands of small products. Raises where the kernel could not be
+    built."""
     native().window_contraction(c.q, c.bank.contiguous(), c.values, c.y, c.wide, c.r)
     return c.y
 
 
 WINDOW_ENGINES: dict[str, Callable[[WindowContraction], torch.Tensor]] = {
-    "strided-windows": _strided_windows,
-    "unfolded-windows": _unfolded_windows,
-    "banded-windows": _banded_windows,
+    "strided-windows": _on_padded_grid(_strided_windows),
+    "unfolded-windows": _on_padded_grid(_unfolded_windows),
+    "banded-windows": _on_padded_grid(_banded_windows),
     "native-windows": _native_windows,
 }
 
@@ -418,14 +446,47 @@ GATED_DEPTHWISE_ENGINES: dict[str, Callable[[GatedDepthwise], torch.Tensor]] = {
 }
 
 
+# ---------------------------------------------------------------------- skinny products
+@dataclass(frozen=True)
+class SmallProducts:
+    """``start[i] + a[i] · b[i]`` for a (batch, rows, k) and b (batch, k, n); the products alone
+    without ``start`` (batch, rows, n). An engine may write the result into ``start``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    start: torch.Tensor | None = None
+
+
+def _aten_products(p: SmallProducts) -> torch.Tensor:
+    return torch.bmm(p.a, p.b) if p.start is None else torch.baddbmm(p.start, p.a, p.b)
+
+
+def _native_products(p: SmallProducts) -> torch.Tensor:
+    """Moebius's C++ kernel (:mod:`moebius.nn.native`): each band of 64 rows on register tiles
+    of 8 rows × 48 columns, with every value of ``a`` broadcast once per tile; the sums are added
+    to ``start`` in place. Raises where the kernel could not be built."""
+    batch, rows, _ = p.a.shape
+    out = p.a.new_empty(batch, rows, p.b.shape[-1]) if p.start is None else p.start
+    native().small_products(p.a.contiguous(), p.b, out, p.start is not None)
+    return out
+
+
+SMALL_PRODUCT_ENGINES: dict[str, Callable[[SmallProducts], torch.Tensor]] = {
+    "aten": _aten_products,
+    "native-products": _native_products,
+}
+
+
 # ---------------------------------------------------------------------- group norms
 @dataclass(frozen=True)
 class GroupNormCall:
-    """``activation(group_norm(x))`` for a channels-last map ``x`` (b, c, h, w)."""
+    """``activation(group_norm(x + added))`` for a channels-last map ``x`` (b, c, h, w) and
+    ``added``, one value per image and channel (b, c) or None."""
 
     x: torch.Tensor
     norm: torch.nn.GroupNorm
     activation: str | None = None
+    added: torch.Tensor | None = None
 
 
 def _centred_group_norm(g: GroupNormCall) -> torch.Tensor:
@@ -438,13 +499,20 @@ def _centred_group_norm(g: GroupNormCall) -> torch.Tensor:
     not change its normalisation, so each group's mean (a column sum over the pixels,
     accumulated in float32) is subtracted first, in the map's dtype (the constant need not be
     exact, only near the mean): the kernel then sees means near 0, where it is exact to
-    rounding. The activation runs in place."""
+    rounding. ``added`` comes after the subtraction, less what the rounded mean left over: the
+    sum is then near ``added`` and keeps its digits. The activation runs in place."""
     x, norm = g.x, g.norm
     b, c, h, w = x.shape
     groups = norm.num_groups
     sums = x.permute(0, 2, 3, 1).reshape(b, h * w, c).sum(dim=1, dtype=torch.float32)
+    if g.added is not None:
+        sums = sums + h * w * g.added.reshape(b, c).float()
     means = sums.view(b, groups, c // groups).mean(-1, keepdim=True) / (h * w)
-    x = x - means.expand(b, groups, c // groups).reshape(b, c, 1, 1).to(x.dtype)
+    centres = means.to(x.dtype)
+    x = x - centres.expand(b, groups, c // groups).reshape(b, c, 1, 1)
+    if g.added is not None:
+        left = (means - centres.float()).expand(b, groups, c // groups).reshape(b, c)
+        x = x + (g.added.reshape(b, c).float() - left).reshape(b, c, 1, 1).to(x.dtype)
     y = F.group_norm(x, groups, norm.weight, norm.bias, norm.eps)
     return y if g.activation is None else ACTIVATIONS[g.activation](y, inplace=True)
 
@@ -452,12 +520,13 @@ def _centred_group_norm(g: GroupNormCall) -> torch.Tensor:
 def _native_group_norm(g: GroupNormCall) -> torch.Tensor:
     """Moebius's C++ kernel (:mod:`moebius.nn.native`): the statistics in one pass, shifted by
     each channel's first value so that they stay exact, then the normalisation with the SiLU in
-    the same pass. Raises where the kernel could not be built, or for another activation."""
+    the same pass; ``added`` only moves each channel's offset. Raises where the kernel could not
+    be built, or for another activation."""
     if g.activation not in (None, "silu") or g.norm.weight is None:
         raise NotImplementedError("the native group norm is affine, with SiLU or nothing after")
     norm = g.norm
     return native().group_norm(
-        g.x, norm.weight, norm.bias, norm.num_groups, norm.eps, g.activation == "silu"
+        g.x, norm.weight, norm.bias, norm.num_groups, norm.eps, g.activation == "silu", g.added
     )
 
 

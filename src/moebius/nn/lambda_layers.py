@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moebius.errors import ConfigError
-from moebius.nn.engines import window_contraction
+from moebius.nn.engines import small_products, window_contraction
 from moebius.nn.export_forms import local_positional, position_table
 from moebius.nn.fusion import fold_batchnorm, norm_tokens, pointwise
 from moebius.nn.kernels import WindowContraction
@@ -134,28 +134,23 @@ class LocalLambda(nn.Module):
 
         # λc and the kernel bank's bias act the same at every position: one k×v matrix.
         shared = torch.bmm(k.transpose(1, 2), v) + self.pos_conv.bias[None, :, None]
+        q = q.reshape(b, n, self.heads, self.dim_k)
+        y = small_products(q.reshape(b, -1, self.dim_k), shared.to(q.dtype))
         if self.export:
-            y = torch.bmm(q.reshape(b, n * self.heads, self.dim_k), shared)
             kernel = self.pos_conv.weight.reshape(self.dim_k, r, r)
-            positional = local_positional(q, v, kernel, self.heads, size)
-            return y.reshape(b, n, -1) + positional
-        # Work on a grid 2·pad columns wider than the image, so that the r×r neighbourhood
-        # row dy of every position n' = y·(W + 2·pad) + x is the contiguous (r, v) block at
-        # row n' + dy·(W + 2·pad) of the padded values: each dy is one batched GEMM, with no
-        # gather (two ways, timed per machine: moebius.nn.kernels.WindowContraction). The
-        # extra columns are dropped at the end.
-        wide = width + 2 * pad
-        q = F.pad(q.reshape(b, height, width, -1), (0, 0, 0, 2 * pad))
-        q = q.reshape(b, height * wide, self.heads, self.dim_k)
-        y = torch.bmm(q.reshape(b, -1, self.dim_k), shared.to(q.dtype))
-        y = y.reshape(b, height * wide, self.heads, self.dim_v)
-        # One more padding row at the bottom: the spare rows the last windows reach into.
+            return y.reshape(b, n, -1) + local_positional(q, v, kernel, self.heads, size)
+        # The values on a grid 2·pad columns wider than the image (and pad rows taller), so
+        # that the r×r neighbourhood row dy of position (y, x) is the contiguous (r, v) block
+        # at row (y + dy)·(W + 2·pad) + x: no gather (formulations timed per machine:
+        # moebius.nn.kernels.WindowContraction). One more padding row at the bottom: the spare
+        # rows the last windows reach into.
+        y = y.reshape(b, n, self.heads, self.dim_v)
         values = F.pad(v.reshape(b, height, width, -1), (0, 0, pad, pad, pad, pad + 1))
         values = values.reshape(b, -1, self.dim_v).to(y.dtype)
         bank = self.pos_conv.weight.reshape(self.dim_k, r * r).to(q.dtype)
+        wide = width + 2 * pad
         window = WindowContraction(q, bank, values, y, wide, r, source=self.pos_conv.weight)
-        y = window_contraction(window).reshape(b, height, wide, -1)[:, :, :width]
-        return y.reshape(b, n, self.heads * self.dim_v)
+        return window_contraction(window).reshape(b, n, self.heads * self.dim_v)
 
     def fuse_batchnorm(self) -> None:
         self.norm_q = fold_batchnorm(self.to_q, self.norm_q)
@@ -243,15 +238,12 @@ class InteractiveLambda(nn.Module):
             # One product for any batch: a graph traced from a per-image loop fixes the batch.
             weights = torch.matmul(heads_q, table.transpose(1, 2))  # (B, n, heads, m)
         else:
-            table = resample_position_table(self.rel_pos_emb, size).squeeze(-1)
+            table = resample_position_table(self.rel_pos_emb, size).squeeze(-1).to(q.dtype)
             # Per image, so that the table is not expanded over the batch (a copy).
-            weights = torch.stack([torch.bmm(one, table.transpose(1, 2)) for one in heads_q])
-        y = torch.baddbmm(
-            torch.bmm(q.reshape(b, n * self.heads, self.dim_k), content_lambda),
-            weights.reshape(b, n * self.heads, -1),
-            v,
-        )  # (B, n·heads, v)
-        return y.reshape(b, n, self.heads * self.dim_v)
+            weights = torch.stack([small_products(one, table.transpose(1, 2)) for one in heads_q])
+        y = small_products(q.reshape(b, n * self.heads, self.dim_k), content_lambda.to(q.dtype))
+        y = small_products(weights.reshape(b, n * self.heads, -1), v.to(q.dtype), start=y)
+        return y.reshape(b, n, self.heads * self.dim_v)  # (B, n·heads, v) as tokens
 
     def fuse_batchnorm(self) -> None:
         self.norm_q = fold_batchnorm(self.to_q, self.norm_q)

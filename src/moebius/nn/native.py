@@ -23,7 +23,12 @@ from moebius.cpu import cpu_signature
 NATIVE_ENV = "MOEBIUS_NATIVE_KERNELS"
 SOURCES = tuple(
     Path(__file__).with_name("csrc") / name
-    for name in ("window_contraction.cpp", "gated_depthwise.cpp", "group_norm.cpp")
+    for name in (
+        "window_contraction.cpp",
+        "gated_depthwise.cpp",
+        "group_norm.cpp",
+        "small_products.cpp",
+    )
 )
 # -fopenmp turns on ATen's parallel_for in the extension; the process keeps torch's OpenMP
 # runtime (same soname), so both share one thread pool.

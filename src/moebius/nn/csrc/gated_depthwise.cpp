@@ -89,6 +89,13 @@ void vector_row(const T* h, T* out, const float* taps, const float* bias, int64_
     const __mmask16 mask = lanes(last - c);
     const int64_t g = m.channels + c;
     const __m512 value_bias = load16(bias + c, mask), gate_bias = load16(bias + g, mask);
+    // The 9 value and 9 gate taps of these channels, loaded once for the whole row.
+    __m512 value_taps[9], gate_taps[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) {
+      value_taps[t] = load16(taps + t * wide + c, mask);
+      gate_taps[t] = load16(taps + t * wide + g, mask);
+    }
     // Columns x − 1 and x of each kernel row, for the value and the gate half.
     // (Every loop over these arrays is unrolled, so that they stay in registers.)
     __m512 value_left[3], value_middle[3], gate_left[3], gate_middle[3];
@@ -112,13 +119,12 @@ void vector_row(const T* h, T* out, const float* taps, const float* bias, int64_
                      _MM_HINT_T0);
         const __m512 value_right = edge ? zero : load16(next + c, mask);
         const __m512 gate_right = edge ? zero : load16(next + g, mask);
-        const float* k = taps + 3 * i * wide;  // kernel row i: taps dx = 0, 1, 2 a row apart
-        value = _mm512_fmadd_ps(load16(k + c, mask), value_left[i], value);
-        value = _mm512_fmadd_ps(load16(k + wide + c, mask), value_middle[i], value);
-        value = _mm512_fmadd_ps(load16(k + 2 * wide + c, mask), value_right, value);
-        gate = _mm512_fmadd_ps(load16(k + g, mask), gate_left[i], gate);
-        gate = _mm512_fmadd_ps(load16(k + wide + g, mask), gate_middle[i], gate);
-        gate = _mm512_fmadd_ps(load16(k + 2 * wide + g, mask), gate_right, gate);
+        value = _mm512_fmadd_ps(value_taps[3 * i], value_left[i], value);
+        value = _mm512_fmadd_ps(value_taps[3 * i + 1], value_middle[i], value);
+        value = _mm512_fmadd_ps(value_taps[3 * i + 2], value_right, value);
+        gate = _mm512_fmadd_ps(gate_taps[3 * i], gate_left[i], gate);
+        gate = _mm512_fmadd_ps(gate_taps[3 * i + 1], gate_middle[i], gate);
+        gate = _mm512_fmadd_ps(gate_taps[3 * i + 2], gate_right, gate);
         value_left[i] = value_middle[i];
         value_middle[i] = value_right;
         gate_left[i] = gate_middle[i];

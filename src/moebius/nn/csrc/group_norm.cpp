@@ -1,4 +1,6 @@
-// GroupNorm (optionally followed by SiLU) on a channels-last map, in two passes over it:
+// GroupNorm (optionally followed by SiLU) of a channels-last map x, plus an optional value t
+// per image and channel added to x first (the time embedding a residual block adds just before
+// its norm), in two passes over x:
 //
 //   pass 1: per image and channel c, S1 = Σ (x − k_c) and S2 = Σ (x − k_c)² over the pixels,
 //           k_c being the channel's value at the first pixel;
@@ -10,12 +12,15 @@
 // Shifting by a value of the channel itself keeps S2 well conditioned when a channel's mean is
 // large against its spread, where PyTorch's channels-last kernel (E[x²] − E[x]²) loses its
 // digits. PyTorch's path needs a centring pass, the norm's two, and one more for the SiLU.
+// Adding t_c to a channel moves its values and k_c alike, so S1 and S2 stay as they are: t only
+// enters through k_c + t_c and b_c + t_c · a_c, and costs no pass of its own.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "vectors.h"
@@ -87,7 +92,7 @@ void normalise(const T* x, T* y, const float* scale, const float* offset, int64_
 
 template <typename T>
 void run(const at::Tensor& x, const at::Tensor& y, const float* gamma, const float* beta,
-         int64_t groups, double eps, bool silu) {
+         const float* added, int64_t groups, double eps, bool silu) {
   const int64_t batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
   const int64_t per_group = channels / groups;
   const T* in = reinterpret_cast<const T*>(x.data_ptr());
@@ -112,22 +117,29 @@ void run(const at::Tensor& x, const at::Tensor& y, const float* gamma, const flo
         s2[c] += s2[t * channels + c];
       }
     }
+    // t_c, and k_c + t_c: the value x + t's sums S1 and S2 are taken from.
+    std::vector<double> moved(channels, 0.0);
+    std::vector<double> origin(shift.begin(), shift.end());
+    for (int64_t c = 0; added != nullptr && c < channels; ++c) {
+      moved[c] = added[i * channels + c];
+      origin[c] += moved[c];
+    }
     std::vector<float> scale(channels), offset(channels);
     const double n = static_cast<double>(pixels);
     for (int64_t g = 0; g < groups; ++g) {
       double total = 0.0;
-      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += s1[c] + n * shift[c];
+      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) total += s1[c] + n * origin[c];
       const double count = n * per_group;
       const double mean = total / count;
       double squares = 0.0;
       for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-        const double d = mean - shift[c];
+        const double d = mean - origin[c];
         squares += s2[c] - 2.0 * d * s1[c] + n * d * d;
       }
       const double rstd = 1.0 / std::sqrt(std::max(squares / count, 0.0) + eps);
       for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
         scale[c] = static_cast<float>(gamma[c] * rstd);
-        offset[c] = static_cast<float>(beta[c] - mean * gamma[c] * rstd);
+        offset[c] = static_cast<float>(beta[c] + (moved[c] - mean) * gamma[c] * rstd);
       }
     }
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -140,7 +152,8 @@ void run(const at::Tensor& x, const at::Tensor& y, const float* gamma, const flo
 }  // namespace
 
 at::Tensor group_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                      int64_t groups, double eps, bool silu) {
+                      int64_t groups, double eps, bool silu,
+                      const std::optional<at::Tensor>& added) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "expected a channels-last map (b, c, h, w)");
   const int64_t channels = x.size(1);
@@ -152,15 +165,25 @@ at::Tensor group_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "x must be float32 or bfloat16");
   const auto gamma = weight.to(at::kFloat).contiguous();
   const auto beta = bias.to(at::kFloat).contiguous();
+  at::Tensor moved;
+  if (added.has_value()) {
+    TORCH_CHECK(added->numel() == x.size(0) * channels,
+                "expected one added value per image and channel");
+    moved = added->to(at::kFloat).contiguous();
+  }
+  const float* t = moved.defined() ? moved.data_ptr<float>() : nullptr;
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   if (dtype == at::kFloat)
-    run<float>(x, y, gamma.data_ptr<float>(), beta.data_ptr<float>(), groups, eps, silu);
+    run<float>(x, y, gamma.data_ptr<float>(), beta.data_ptr<float>(), t, groups, eps, silu);
   else
-    run<at::BFloat16>(x, y, gamma.data_ptr<float>(), beta.data_ptr<float>(), groups, eps, silu);
+    run<at::BFloat16>(x, y, gamma.data_ptr<float>(), beta.data_ptr<float>(), t, groups, eps,
+                      silu);
   return y;
 }
 
 TORCH_LIBRARY_FRAGMENT(moebius, m) {
-  m.def("group_norm(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu) -> Tensor");
+  m.def(
+      "group_norm(Tensor x, Tensor weight, Tensor bias, int groups, float eps, bool silu, "
+      "Tensor? added=None) -> Tensor");
   m.impl("group_norm", c10::DispatchKey::CPU, TORCH_FN(group_norm));
 }

@@ -1,11 +1,16 @@
 // Local-λ's positional window contraction in one pass over the positions:
 //
-//   y[i, n, h, :] += Σ_{dy, dx < r} taps[i, n, h, dy·r + dx] · values[i, n + dy·wide + dx, :]
+//   y[i, n, h, :] += Σ_{dy, dx < r} taps[i, n, h, dy·r + dx] · values[i, m(n) + dy·wide + dx, :]
 //   taps[i, n, h, :] = q[i, n, h, :] · bank
+//
+// Positions n run over the image, `width` = wide − r + 1 columns; the values lie on a grid
+// padded to `wide` columns, where position n = y·width + x has its window's top-left corner at
+// row m(n) = y·wide + x. Only the image's positions are computed: the padding columns, 18 to 47 %
+// of a padded grid at the student's 512 px levels, cost nothing.
 //
 // PyTorch can only run the window sum as thousands of tiny products (8 heads × r taps × v
 // channels per position and kernel row). Here each block of positions gets its taps from one
-// matrix product, kept in cache, and every position's 8 heads × v outputs stay in vector
+// product (products.h), kept in cache, and every position's 8 heads × v outputs stay in vector
 // registers while all r·r value rows stream past them. Built by moebius.nn.native with the
 // running CPU's instruction set: AVX-512 for float32, AVX-512 BF16's paired dot product for
 // bfloat16, plain loops (the compiler's vectorisation) otherwise.
@@ -17,12 +22,18 @@
 #include <cstring>
 #include <vector>
 
+#include "products.h"
 #include "vectors.h"
 
 namespace {
 
 struct Shape {
   int64_t heads, v, r, wide;
+  // The value row where position n's window starts: n's row and column on the padded grid.
+  int64_t corner(int64_t n) const {
+    const int64_t width = wide - r + 1;
+    return (n / width) * wide + n % width;
+  }
 };
 
 template <typename T>
@@ -36,7 +47,7 @@ void plain_positions(const T* taps, const T* values, T* y, int64_t first, int64_
     for (int64_t e = 0; e < s.heads * s.v; ++e) acc[e] = static_cast<float>(out[e]);
     for (int64_t dy = 0; dy < s.r; ++dy) {
       for (int64_t dx = 0; dx < s.r; ++dx) {
-        const T* row = values + (n + dy * s.wide + dx) * s.v;
+        const T* row = values + (s.corner(n) + dy * s.wide + dx) * s.v;
         for (int64_t h = 0; h < s.heads; ++h) {
           const float weight = static_cast<float>(t[h * per_head + dy * s.r + dx]);
           float* a = acc.data() + h * s.v;
@@ -149,87 +160,63 @@ void BFloat16::columns(const uint16_t* t, const uint32_t* pairs, uint16_t* out, 
 #endif
 
 #if defined(__AVX512F__)
-// taps[m, :] = q[m, :] · bank for the rows m < rows (a block's positions × 8 heads), 8 rows ×
-// 48 columns at a time in registers. In float32 the library's product is slow for this shape
-// (k = 40 … 160 inputs, r² = 225 outputs): on a 2-core AMD EPYC, MKL's reached about a quarter
-// of the machine's float32 peak on it.
-void float32_taps(const float* q, const float* bank, float* taps, int64_t rows, int64_t k,
-                  int64_t outputs) {
-  for (int64_t m0 = 0; m0 < rows; m0 += HEADS) {
-    const int64_t height = std::min(HEADS, rows - m0);
-    for (int64_t j0 = 0; j0 < outputs; j0 += COLUMNS) {
-      __mmask16 mask[3];
-      __m512 acc[HEADS][3];
-#pragma GCC unroll 3
-      for (int c = 0; c < 3; ++c) mask[c] = lanes(outputs - j0 - 16 * c);
-#pragma GCC unroll 8
-      for (int h = 0; h < HEADS; ++h)
-#pragma GCC unroll 3
-        for (int c = 0; c < 3; ++c) acc[h][c] = _mm512_setzero_ps();
-      for (int64_t i = 0; i < k; ++i) {
-        __m512 x[3];
-#pragma GCC unroll 3
-        for (int c = 0; c < 3; ++c)
-          x[c] = _mm512_maskz_loadu_ps(mask[c], bank + i * outputs + j0 + 16 * c);
-#pragma GCC unroll 8
-        for (int h = 0; h < HEADS; ++h) {
-          // Rows past the last are read as row 0 again (in bounds) and never stored.
-          const __m512 weight = _mm512_set1_ps(q[(m0 + (h < height ? h : 0)) * k + i]);
-#pragma GCC unroll 3
-          for (int c = 0; c < 3; ++c) acc[h][c] = _mm512_fmadd_ps(weight, x[c], acc[h][c]);
-        }
-      }
-#pragma GCC unroll 8
-      for (int h = 0; h < HEADS; ++h)
-        if (h < height)
-#pragma GCC unroll 3
-          for (int c = 0; c < 3; ++c)
-            _mm512_mask_storeu_ps(taps + (m0 + h) * outputs + j0 + 16 * c, mask[c], acc[h][c]);
-    }
-  }
-}
-
 template <typename Kernel>
 void vector_positions(const typename Kernel::Tap* taps, const typename Kernel::Row* rows,
                       typename Kernel::Tap* y, int64_t first, int64_t last, const Shape& s) {
   for (int64_t n = first; n < last; ++n) {
     const auto* t = taps + (n - first) * HEADS * s.r * s.r;
     auto* out = y + n * HEADS * s.v;
+    const auto* corner = rows + s.corner(n) * s.v;
     for (int64_t j0 = 0; j0 < s.v; j0 += COLUMNS) {
       const int64_t columns = std::min(COLUMNS, s.v - j0);
       if (columns > 32)
-        Kernel::template columns<3>(t, rows + n * s.v, out, j0, columns, s);
+        Kernel::template columns<3>(t, corner, out, j0, columns, s);
       else if (columns > 16)
-        Kernel::template columns<2>(t, rows + n * s.v, out, j0, columns, s);
+        Kernel::template columns<2>(t, corner, out, j0, columns, s);
       else
-        Kernel::template columns<1>(t, rows + n * s.v, out, j0, columns, s);
+        Kernel::template columns<1>(t, corner, out, j0, columns, s);
     }
   }
 }
 #endif
 
-// Positions per block: a block's taps, (block · heads) × r², come from one matrix product and
-// stay in the core's cache until its window sums have read them (0.9 MB in float32 at 8 heads
-// and r = 15: within a server core's L2). Fewer, larger products pay in bfloat16: on a 2-core
-// AMD EPYC (AVX-512 BF16), 128 positions took 15.7 ms over the student's three 512 px levels
-// against 18.5 ms with 32 and 21.4 ms with 16; float32 within 3 % from 16 to 128.
+// Positions per block: a block's taps, (block · heads) × r², come from one product and stay in
+// the core's cache until its window sums have read them (0.9 MB in float32 at 8 heads and
+// r = 15: within a server core's L2). Fewer, larger blocks paid with oneDNN's bfloat16 product:
+// on a 2-core AMD EPYC (AVX-512 BF16), 128 positions took 15.7 ms over the student's three
+// 512 px levels against 18.5 ms with 32 and 21.4 ms with 16; float32 within 3 % from 16 to 128.
 constexpr int64_t BLOCK = 128;
 
 // Calls positions(taps, first, last) on blocks of image i's positions, spread over the threads;
 // taps starts with position `first`'s.
 template <typename T, typename F>
 void by_blocks(const at::Tensor& q, const at::Tensor& bank, int64_t i, const F& positions) {
-  const int64_t n = q.size(1), heads = q.size(2), k = q.size(3);
+  const int64_t n = q.size(1), heads = q.size(2), k = q.size(3), outputs = bank.size(1);
+#if defined(__AVX512BF16__)
+  const bool bfloat16 = q.scalar_type() == at::kBFloat16;
+  const auto pairs = bfloat16 ? moebius_products::pairs_of_rows(bank) : at::Tensor();
+#endif
   at::parallel_for(0, (n + BLOCK - 1) / BLOCK, 1, [&](int64_t first, int64_t last) {
     for (int64_t block = first; block < last; ++block) {
       const int64_t start = block * BLOCK, count = std::min(BLOCK, n - start);
-      const auto rows = q[i].narrow(0, start, count).reshape({count * heads, k});
+      const auto rows = q[i].narrow(0, start, count).reshape({count * heads, k}).contiguous();
 #if defined(__AVX512F__)
       if (q.scalar_type() == at::kFloat) {
-        const auto contiguous = rows.contiguous();
-        auto taps = at::empty({count * heads, bank.size(1)}, q.options());
-        float32_taps(contiguous.data_ptr<float>(), bank.data_ptr<float>(),
-                     taps.data_ptr<float>(), count * heads, k, bank.size(1));
+        auto taps = at::empty({count * heads, outputs}, q.options());
+        moebius_products::float32_product(rows.data_ptr<float>(), bank.data_ptr<float>(),
+                                          taps.data_ptr<float>(), count * heads, k, outputs,
+                                          false);
+        positions(reinterpret_cast<const T*>(taps.data_ptr()), start, start + count);
+        continue;
+      }
+#endif
+#if defined(__AVX512BF16__)
+      if (bfloat16) {
+        auto taps = at::empty({count * heads, outputs}, q.options());
+        moebius_products::bfloat16_product(reinterpret_cast<const uint16_t*>(rows.data_ptr()),
+                                           reinterpret_cast<const uint32_t*>(pairs.data_ptr()),
+                                           reinterpret_cast<uint16_t*>(taps.data_ptr()),
+                                           count * heads, k, outputs, false);
         positions(reinterpret_cast<const T*>(taps.data_ptr()), start, start + count);
         continue;
       }
@@ -255,7 +242,11 @@ void window_contraction(const at::Tensor& q, const at::Tensor& bank,
   TORCH_CHECK(bank.size(0) == q.size(3) && bank.size(1) == r * r && values.size(0) == b &&
                   y.size(0) == b && y.size(1) == n && y.size(2) == s.heads && y.size(3) == s.v,
               "q, bank, values and y disagree in shape");
-  TORCH_CHECK(n + (r - 1) * (wide + 1) <= rows, "the last windows reach past the value rows");
+  TORCH_CHECK(r >= 1 && wide >= r, "the padded grid must be at least r columns wide");
+  const int64_t width = wide - r + 1;
+  TORCH_CHECK(n % width == 0, "q's positions must fill whole rows of wide - r + 1 columns");
+  TORCH_CHECK(n == 0 || s.corner(n - 1) + (r - 1) * (wide + 1) < rows,
+              "the last windows reach past the value rows");
 #if defined(__AVX512BF16__)
   if (dtype == at::kBFloat16 && s.heads == HEADS) {
     const auto next = at::constant_pad_nd(values.narrow(1, 1, rows - 1), {0, 0, 0, 1});
