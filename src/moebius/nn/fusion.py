@@ -81,9 +81,9 @@ def group_norm(
     added: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``activation(norm(x + added))``, ``added`` one value per image and channel (b, c), (1, c)
-    for every image alike, or None; channels-last maps on the formulation fastest here, both with statistics that stay
-    exact when a group's mean is large against its spread, and ``added`` in the same passes
-    (:func:`moebius.nn.engines.group_norm`)."""
+    for every image alike, or None; channels-last maps on the formulation fastest here, both
+    with statistics that stay exact when a group's mean is large against its spread, and
+    ``added`` in the same passes (:func:`moebius.nn.engines.group_norm`)."""
     if (
         x.dim() == 4
         and not x.is_contiguous()

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "vectors.h"
 
@@ -25,6 +26,25 @@ constexpr int64_t TILE_COLUMNS = 48;
 
 #if defined(__AVX512F__)
 using moebius_vectors::lanes;
+
+// Calls tile(vectors, m0, height, j0) on every tile of a rows × n product: rows m0 … m0 +
+// height − 1, columns j0 … j0 + 47, vectors (an std::integral_constant, 1 to 3) the 16-lane
+// vectors its columns need.
+template <typename Tile>
+void by_tiles(int64_t rows, int64_t n, const Tile& tile) {
+  for (int64_t m0 = 0; m0 < rows; m0 += TILE_ROWS) {
+    const int64_t height = std::min(TILE_ROWS, rows - m0);
+    for (int64_t j0 = 0; j0 < n; j0 += TILE_COLUMNS) {
+      const int64_t columns = std::min(TILE_COLUMNS, n - j0);
+      if (columns > 32)
+        tile(std::integral_constant<int, 3>{}, m0, height, j0);
+      else if (columns > 16)
+        tile(std::integral_constant<int, 2>{}, m0, height, j0);
+      else
+        tile(std::integral_constant<int, 1>{}, m0, height, j0);
+    }
+  }
+}
 
 // Rows past `height` read row 0 of the tile again (in bounds) and are never stored.
 template <int NV>
@@ -63,20 +83,10 @@ void float32_tile(const float* a, const float* b, float* c, int64_t height, int6
 
 inline void float32_product(const float* a, const float* b, float* c, int64_t rows, int64_t k,
                             int64_t n, bool accumulate) {
-  for (int64_t m0 = 0; m0 < rows; m0 += TILE_ROWS) {
-    const int64_t height = std::min(TILE_ROWS, rows - m0);
-    for (int64_t j0 = 0; j0 < n; j0 += TILE_COLUMNS) {
-      const int64_t columns = std::min(TILE_COLUMNS, n - j0);
-      const float* tile_a = a + m0 * k;
-      float* tile_c = c + m0 * n;
-      if (columns > 32)
-        float32_tile<3>(tile_a, b, tile_c, height, k, n, j0, accumulate);
-      else if (columns > 16)
-        float32_tile<2>(tile_a, b, tile_c, height, k, n, j0, accumulate);
-      else
-        float32_tile<1>(tile_a, b, tile_c, height, k, n, j0, accumulate);
-    }
-  }
+  by_tiles(rows, n, [&](auto vectors, int64_t m0, int64_t height, int64_t j0) {
+    float32_tile<decltype(vectors)::value>(a + m0 * k, b, c + m0 * n, height, k, n, j0,
+                                           accumulate);
+  });
 }
 #endif
 
@@ -126,20 +136,10 @@ void bfloat16_tile(const uint16_t* a, const uint32_t* b_pairs, uint16_t* c, int6
 
 inline void bfloat16_product(const uint16_t* a, const uint32_t* b_pairs, uint16_t* c,
                              int64_t rows, int64_t k, int64_t n, bool accumulate) {
-  for (int64_t m0 = 0; m0 < rows; m0 += TILE_ROWS) {
-    const int64_t height = std::min(TILE_ROWS, rows - m0);
-    for (int64_t j0 = 0; j0 < n; j0 += TILE_COLUMNS) {
-      const int64_t columns = std::min(TILE_COLUMNS, n - j0);
-      const uint16_t* tile_a = a + m0 * k;
-      uint16_t* tile_c = c + m0 * n;
-      if (columns > 32)
-        bfloat16_tile<3>(tile_a, b_pairs, tile_c, height, k, n, j0, accumulate);
-      else if (columns > 16)
-        bfloat16_tile<2>(tile_a, b_pairs, tile_c, height, k, n, j0, accumulate);
-      else
-        bfloat16_tile<1>(tile_a, b_pairs, tile_c, height, k, n, j0, accumulate);
-    }
-  }
+  by_tiles(rows, n, [&](auto vectors, int64_t m0, int64_t height, int64_t j0) {
+    bfloat16_tile<decltype(vectors)::value>(a + m0 * k, b_pairs, c + m0 * n, height, k, n, j0,
+                                            accumulate);
+  });
 }
 #endif
 
