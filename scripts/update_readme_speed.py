@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from readme_sections import README, with_section, write_or_check
@@ -111,7 +112,7 @@ def render(
     growth: dict,
     compiled: dict,
     compared: dict | None,
-    repeats: list[dict] = (),
+    repeats: Sequence[dict] = (),
 ) -> str:
     machine = side["machine"]
     batches = sorted(side["settings"]["batches"])
@@ -178,7 +179,7 @@ def render(
 
 
 def _targets(
-    side: dict, inpaint: dict, compared: dict | None, repeats: list[dict] = ()
+    side: dict, inpaint: dict, compared: dict | None, repeats: Sequence[dict] = ()
 ) -> list[str]:
     """Each target of the CPU speed work against what these runs measured. A step's share of
     the roofline is taken from every bench run that times it (each against its own roofline),

@@ -68,6 +68,22 @@ def test_the_native_kernel_computes_the_window_sum(dtype, heads, v, r):
     assert error <= (1e-6 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_the_native_kernel_reads_a_kernel_bank_of_any_layout(dtype):
+    """The bank as the transposed view of a (r·r, k) parameter: the kernel lays it out itself."""
+    b, height, width, heads, v, r = 2, 3, 9, 8, 16, 5
+    wide = width + r - 1
+    generator = torch.Generator().manual_seed(14)
+    q = torch.randn(b, height * width, heads, v, generator=generator).to(dtype)
+    bank = (torch.randn(r * r, v, generator=generator) / v**0.5).to(dtype).t()
+    values = torch.randn(b, (height + r) * wide, v, generator=generator).to(dtype)
+    y = torch.zeros(b, height * width, heads, v, dtype=dtype)
+    expected = _window_sum(q, bank, values, y, wide, r)
+    native_module.native().window_contraction(q, bank, values, y, wide, r)
+    assert not bank.is_contiguous()
+    assert _relative_error(y, expected) <= (1e-6 if dtype == torch.float32 else 1e-2)
+
+
 def test_the_native_kernel_refuses_windows_past_the_values():
     q, bank = torch.zeros(1, 16, 8, 4), torch.zeros(4, 9)  # 2 rows of 8 on a 10-wide grid
     values, y = torch.zeros(1, 30, 4), torch.zeros(1, 16, 8, 4)

@@ -392,7 +392,7 @@ def _native_windows(c: WindowContraction) -> torch.Tensor:
     from one product, then each position's window sum with its heads' outputs held in
     registers, without the thousands of small products. Raises where the kernel could not be
     built."""
-    native().window_contraction(c.q, c.bank.contiguous(), c.values, c.y, c.wide, c.r)
+    native().window_contraction(c.q, c.bank, c.values, c.y, c.wide, c.r)
     return c.y
 
 
@@ -504,15 +504,16 @@ def _centred_group_norm(g: GroupNormCall) -> torch.Tensor:
     x, norm = g.x, g.norm
     b, c, h, w = x.shape
     groups = norm.num_groups
+    added = None if g.added is None else g.added.reshape(b, c).float()
     sums = x.permute(0, 2, 3, 1).reshape(b, h * w, c).sum(dim=1, dtype=torch.float32)
-    if g.added is not None:
-        sums = sums + h * w * g.added.reshape(b, c).float()
+    if added is not None:
+        sums = sums + h * w * added
     means = sums.view(b, groups, c // groups).mean(-1, keepdim=True) / (h * w)
     centres = means.to(x.dtype)
     x = x - centres.expand(b, groups, c // groups).reshape(b, c, 1, 1)
-    if g.added is not None:
+    if added is not None:
         left = (means - centres.float()).expand(b, groups, c // groups).reshape(b, c)
-        x = x + (g.added.reshape(b, c).float() - left).reshape(b, c, 1, 1).to(x.dtype)
+        x = x + (added - left).reshape(b, c, 1, 1).to(x.dtype)
     y = F.group_norm(x, groups, norm.weight, norm.bias, norm.eps)
     return y if g.activation is None else ACTIVATIONS[g.activation](y, inplace=True)
 

@@ -152,4 +152,13 @@ inline at::Tensor pairs_of_rows(const at::Tensor& b) {
       .contiguous();
 }
 
+// b (..., k, n) laid out as the register tiles of its dtype read it: row pairs in bfloat16
+// where AVX-512 BF16 runs them, contiguous otherwise (also what plain loops and at::mm read).
+inline at::Tensor tile_operand(const at::Tensor& b) {
+#if defined(__AVX512BF16__)
+  if (b.scalar_type() == at::kBFloat16) return pairs_of_rows(b);
+#endif
+  return b.contiguous();
+}
+
 }  // namespace moebius_products

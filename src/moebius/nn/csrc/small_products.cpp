@@ -41,12 +41,7 @@ void small_products(const at::Tensor& a, const at::Tensor& b, const at::Tensor& 
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "expected float32 or bfloat16");
   TORCH_CHECK(a.is_contiguous() && out.is_contiguous(), "a and out must be contiguous");
   const int64_t bands = (rows + BAND - 1) / BAND;
-#if defined(__AVX512BF16__)
-  // bfloat16 reads b as row pairs, made in one copy whatever b's layout.
-  const auto right = dtype == at::kBFloat16 ? moebius_products::pairs_of_rows(b) : b.contiguous();
-#else
-  const auto right = b.contiguous();
-#endif
+  const auto right = moebius_products::tile_operand(b);  // one copy whatever b's layout
   at::parallel_for(0, batch * bands, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task / bands, first = task % bands * BAND;

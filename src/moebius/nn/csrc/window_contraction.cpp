@@ -188,14 +188,11 @@ void vector_positions(const typename Kernel::Tap* taps, const typename Kernel::R
 constexpr int64_t BLOCK = 128;
 
 // Calls positions(taps, first, last) on blocks of image i's positions, spread over the threads;
-// taps starts with position `first`'s.
+// taps starts with position `first`'s. bank: the kernel bank as tile_operand() lays it out.
 template <typename T, typename F>
-void by_blocks(const at::Tensor& q, const at::Tensor& bank, int64_t i, const F& positions) {
-  const int64_t n = q.size(1), heads = q.size(2), k = q.size(3), outputs = bank.size(1);
-#if defined(__AVX512BF16__)
-  const bool bfloat16 = q.scalar_type() == at::kBFloat16;
-  const auto pairs = bfloat16 ? moebius_products::pairs_of_rows(bank) : at::Tensor();
-#endif
+void by_blocks(const at::Tensor& q, const at::Tensor& bank, int64_t outputs, int64_t i,
+               const F& positions) {
+  const int64_t n = q.size(1), heads = q.size(2), k = q.size(3);
   at::parallel_for(0, (n + BLOCK - 1) / BLOCK, 1, [&](int64_t first, int64_t last) {
     for (int64_t block = first; block < last; ++block) {
       const int64_t start = block * BLOCK, count = std::min(BLOCK, n - start);
@@ -211,10 +208,10 @@ void by_blocks(const at::Tensor& q, const at::Tensor& bank, int64_t i, const F& 
       }
 #endif
 #if defined(__AVX512BF16__)
-      if (bfloat16) {
+      if (q.scalar_type() == at::kBFloat16) {
         auto taps = at::empty({count * heads, outputs}, q.options());
         moebius_products::bfloat16_product(reinterpret_cast<const uint16_t*>(rows.data_ptr()),
-                                           reinterpret_cast<const uint32_t*>(pairs.data_ptr()),
+                                           reinterpret_cast<const uint32_t*>(bank.data_ptr()),
                                            reinterpret_cast<uint16_t*>(taps.data_ptr()),
                                            count * heads, k, outputs, false);
         positions(reinterpret_cast<const T*>(taps.data_ptr()), start, start + count);
@@ -247,6 +244,9 @@ void window_contraction(const at::Tensor& q, const at::Tensor& bank,
   TORCH_CHECK(n % width == 0, "q's positions must fill whole rows of wide - r + 1 columns");
   TORCH_CHECK(n == 0 || s.corner(n - 1) + (r - 1) * (wide + 1) < rows,
               "the last windows reach past the value rows");
+  // The bank as the taps' product reads it, once for every image.
+  const auto operand = moebius_products::tile_operand(bank);
+  const int64_t taps = bank.size(1);
 #if defined(__AVX512BF16__)
   if (dtype == at::kBFloat16 && s.heads == HEADS) {
     const auto next = at::constant_pad_nd(values.narrow(1, 1, rows - 1), {0, 0, 0, 1});
@@ -254,9 +254,10 @@ void window_contraction(const at::Tensor& q, const at::Tensor& bank,
     for (int64_t i = 0; i < b; ++i) {
       const auto p = reinterpret_cast<const uint32_t*>(pairs[i].data_ptr());
       const auto out = reinterpret_cast<uint16_t*>(y[i].data_ptr());
-      by_blocks<uint16_t>(q, bank, i, [&](const uint16_t* t, int64_t first, int64_t last) {
-        vector_positions<BFloat16>(t, p, out, first, last, s);
-      });
+      by_blocks<uint16_t>(q, operand, taps, i,
+                          [&](const uint16_t* t, int64_t first, int64_t last) {
+                            vector_positions<BFloat16>(t, p, out, first, last, s);
+                          });
     }
     return;
   }
@@ -266,7 +267,7 @@ void window_contraction(const at::Tensor& q, const at::Tensor& bank,
     for (int64_t i = 0; i < b; ++i) {
       const float* v = values[i].data_ptr<float>();
       float* out = y[i].data_ptr<float>();
-      by_blocks<float>(q, bank, i, [&](const float* t, int64_t first, int64_t last) {
+      by_blocks<float>(q, operand, taps, i, [&](const float* t, int64_t first, int64_t last) {
         vector_positions<Float32>(t, v, out, first, last, s);
       });
     }
@@ -277,9 +278,10 @@ void window_contraction(const at::Tensor& q, const at::Tensor& bank,
     for (int64_t i = 0; i < b; ++i) {
       const scalar_t* v = values[i].data_ptr<scalar_t>();
       scalar_t* out = y[i].data_ptr<scalar_t>();
-      by_blocks<scalar_t>(q, bank, i, [&](const scalar_t* t, int64_t first, int64_t last) {
-        plain_positions(t, v, out, first, last, s);
-      });
+      by_blocks<scalar_t>(q, operand, taps, i,
+                          [&](const scalar_t* t, int64_t first, int64_t last) {
+                            plain_positions(t, v, out, first, last, s);
+                          });
     }
   });
 }
