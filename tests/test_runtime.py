@@ -41,6 +41,28 @@ def fake_cpu(tmp_path, monkeypatch):
     cpu._cpuinfo.cache_clear()
 
 
+def test_generations_sold_under_one_name_are_told_apart(tmp_path, monkeypatch):
+    """Two EPYC generations with the same extensions: reports name each one's family and
+    model, and a report of one is not counted as a run on the other."""
+    facts = []
+    for family in (25, 26):
+        path = tmp_path / f"cpuinfo-{family}"
+        path.write_text(
+            f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
+            "model\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512f avx512_bf16\n"
+        )
+        monkeypatch.setattr(cpu, "CPUINFO", path)
+        cpu._cpuinfo.cache_clear()
+        facts.append(cpu.cpu_facts())
+    cpu._cpuinfo.cache_clear()
+    zen_a, zen_b = facts
+    assert cpu.describe_cpu(zen_a) == "AMD EPYC family 25 model 17 with AVX-512 BF16"
+    assert cpu.same_cpu_kind(zen_a, dict(zen_a)) and not cpu.same_cpu_kind(zen_a, zen_b)
+    older = {k: v for k, v in zen_a.items() if k not in ("cpu_signature", "cpu_generation")}
+    assert not cpu.same_cpu_kind(older, older)  # unknown generation: never counted as this one
+    assert cpu.describe_cpu(older) == "AMD EPYC with AVX-512 BF16"
+
+
 @pytest.mark.parametrize(
     "flags, native",
     [("avx512_bf16 avx512_vnni", True), ("amx_bf16 amx_tile", True), ("avx512_vnni", False)],

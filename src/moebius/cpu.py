@@ -75,22 +75,48 @@ def cpu_signature() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def cpu_generation() -> str | None:
+    """Where in its vendor's line the CPU sits, e.g. ``family 25 model 17`` (x86) or
+    ``implementer 0x41 part 0xd0c`` (Arm); None where the system does not say. Cloud VMs give
+    several generations one marketing name ("AMD EPYC"), and their speeds differ by 2x."""
+    info = _cpuinfo()
+    for first, second, words in (
+        ("cpu family", "model", ("family", "model")),
+        ("CPU implementer", "CPU part", ("implementer", "part")),
+    ):
+        if info.get(first) and info.get(second):
+            return f"{words[0]} {info[first]} {words[1]} {info[second]}"
+    return None
+
+
 def cpu_facts() -> dict:
     """What reports record of the CPU they ran on (read back by :func:`describe_cpu`)."""
     return {
         "cpu": cpu_model(),
+        "cpu_generation": cpu_generation(),
+        "cpu_signature": cpu_signature(),
         "cpu_extensions": vector_extensions(),
         "native_bfloat16": native_bfloat16(),
     }
 
 
+def same_cpu_kind(a: dict, b: dict) -> bool:
+    """Whether two reports' machines (:func:`cpu_facts`) are the same kind of CPU; reports that
+    predate :func:`cpu_signature` in them match none."""
+    return a.get("cpu_signature") is not None and a.get("cpu_signature") == b.get("cpu_signature")
+
+
 def describe_cpu(machine: dict) -> str:
-    """A bench report's CPU as a reader needs it: the model and its widest extension, e.g.
-    ``AMD EPYC with AVX-512 BF16`` or ``AMD EPYC with AVX2``. Reports that predate the extension
-    list say whether the CPU had native bfloat16."""
+    """A bench report's CPU as a reader needs it: the model, its generation where recorded and
+    its widest extension, e.g. ``AMD EPYC family 25 model 17 with AVX-512 BF16`` or ``AMD EPYC
+    with AVX2``. Reports that predate the extension list say whether the CPU had native
+    bfloat16."""
+    name = machine["cpu"]
+    if machine.get("cpu_generation"):
+        name += f" {machine['cpu_generation']}"
     extensions = machine.get("cpu_extensions")
     if extensions:
-        return f"{machine['cpu']} with {extensions[-1]}"
+        return f"{name} with {extensions[-1]}"
     if machine.get("native_bfloat16"):
-        return f"{machine['cpu']} with native bfloat16"
-    return machine["cpu"]
+        return f"{name} with native bfloat16"
+    return name
