@@ -18,7 +18,7 @@ from moebius.runtime import resolve_dtype
 
 CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}
-model name\t: {model}
+{generation}model name\t: {model}
 flags\t\t: fpu sse sse2 avx avx2 avx512f {flags}
 
 processor\t: 1
@@ -31,9 +31,18 @@ flags\t\t: fpu
 def fake_cpu(tmp_path, monkeypatch):
     """Point moebius.cpu at a written /proc/cpuinfo."""
 
-    def make(flags: str, model: str = "Test CPU 9000", vendor: str = "GenuineIntel"):
+    def make(
+        flags: str,
+        model: str = "Test CPU 9000",
+        vendor: str = "GenuineIntel",
+        family: int | None = None,
+    ):
+        """``family``: write x86 "cpu family" and "model" (17) lines; without it, none."""
+        generation = "" if family is None else f"cpu family\t: {family}\nmodel\t\t: 17\n"
         path = tmp_path / "cpuinfo"
-        path.write_text(CPUINFO.format(flags=flags, model=model, vendor=vendor))
+        path.write_text(
+            CPUINFO.format(flags=flags, model=model, vendor=vendor, generation=generation)
+        )
         monkeypatch.setattr(cpu, "CPUINFO", path)
         cpu._cpuinfo.cache_clear()
 
@@ -41,20 +50,13 @@ def fake_cpu(tmp_path, monkeypatch):
     cpu._cpuinfo.cache_clear()
 
 
-def test_generations_sold_under_one_name_are_told_apart(tmp_path, monkeypatch):
+def test_generations_sold_under_one_name_are_told_apart(fake_cpu):
     """Two EPYC generations with the same extensions: reports name each one's family and
     model, and a report of one is not counted as a run on the other."""
     facts = []
     for family in (25, 26):
-        path = tmp_path / f"cpuinfo-{family}"
-        path.write_text(
-            f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
-            "model\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512f avx512_bf16\n"
-        )
-        monkeypatch.setattr(cpu, "CPUINFO", path)
-        cpu._cpuinfo.cache_clear()
+        fake_cpu("avx512_bf16", model="AMD EPYC", vendor="AuthenticAMD", family=family)
         facts.append(cpu.cpu_facts())
-    cpu._cpuinfo.cache_clear()
     zen_a, zen_b = facts
     assert cpu.describe_cpu(zen_a) == "AMD EPYC family 25 model 17 with AVX-512 BF16"
     assert cpu.same_cpu_kind(zen_a, dict(zen_a)) and not cpu.same_cpu_kind(zen_a, zen_b)

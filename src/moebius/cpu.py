@@ -80,12 +80,10 @@ def cpu_generation() -> str | None:
     ``implementer 0x41 part 0xd0c`` (Arm); None where the system does not say. Cloud VMs give
     several generations one marketing name ("AMD EPYC"), and their speeds differ by 2x."""
     info = _cpuinfo()
-    for first, second, words in (
-        ("cpu family", "model", ("family", "model")),
-        ("CPU implementer", "CPU part", ("implementer", "part")),
-    ):
-        if info.get(first) and info.get(second):
-            return f"{words[0]} {info[first]} {words[1]} {info[second]}"
+    if info.get("cpu family") and info.get("model"):
+        return f"family {info['cpu family']} model {info['model']}"
+    if info.get("CPU implementer") and info.get("CPU part"):
+        return f"implementer {info['CPU implementer']} part {info['CPU part']}"
     return None
 
 
